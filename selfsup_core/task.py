@@ -1,0 +1,170 @@
+"""The :class:`PretextTask` base class: what a task plugin implements.
+
+A task turns a batch of unlabelled images, already on the training device,
+into what the network sees and what it is trained to produce. It also builds
+the part of the network that sits on top of the shared encoder (a classifier
+head, a decoder, a projection head) and defines the loss.
+
+The same contract covers the three families of tasks:
+
+* classification pretexts (rotation): ``inputs`` is a tensor, ``targets``
+  holds class indices, the head is a linear layer on pooled features;
+* reconstruction pretexts (cutout, crappify): ``targets`` is the clean image,
+  the head is a decoder fed with the encoder's stages (override
+  :meth:`PretextTask.forward_model`);
+* contrastive pretexts (SimCLR): ``inputs`` is a tuple of two views,
+  ``targets`` is ``None``, :meth:`PretextTask.loss` compares the two outputs.
+
+Example:
+    A complete task that predicts whether an image was flipped upside down::
+
+        class VFlipTask(PretextTask):
+            def make_batch(self, images):
+                flipped = torch.rand(len(images), device=images.device) < 0.5
+                inputs = torch.where(flipped[:, None, None, None], images.flip(-2), images)
+                return PretextBatch(inputs=inputs, targets=flipped.long())
+
+            def build_head(self, encoder):
+                return torch.nn.Linear(encoder.feature_dim, 2)
+
+            def loss(self, outputs, batch):
+                return torch.nn.functional.cross_entropy(outputs, batch.targets)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+Inputs = Tensor | tuple[Tensor, ...]
+"""One batch of network inputs, or several views of the same images."""
+
+
+@dataclass
+class PretextBatch:
+    """What a task makes from a batch of images.
+
+    Attributes:
+        inputs: What the network sees, in ``[0, 1]`` before normalisation
+            (the trainer normalises it). A tuple for multi-view tasks.
+        targets: Class indices or clean images; ``None`` for tasks whose loss
+            needs no targets (contrastive learning).
+        extras: Anything else the loss or metrics need, drawn together with
+            the inputs (for example the erased mask), so nothing is re-derived.
+    """
+
+    inputs: Inputs
+    targets: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+def map_inputs(inputs: Inputs, fn: Any) -> Inputs:
+    """Apply ``fn`` to a tensor, or to each view of a tuple of tensors."""
+    if isinstance(inputs, tuple):
+        return tuple(fn(view) for view in inputs)
+    return fn(inputs)
+
+
+class PretextTask(nn.Module):
+    """Base class of every pretext task.
+
+    A task is an ``nn.Module`` so that constant tensors it needs (quantisation
+    tables, glyph masks) move to the device with the model; register them
+    with ``persistent=False`` so they stay out of checkpoints. It holds no
+    trainable parameters: those belong to the head it builds.
+
+    Subclasses take their options as keyword arguments of ``__init__`` and
+    pass them on to ``super().__init__(**options)`` so that they are saved
+    with the run (plain Python types only: numbers, strings, lists).
+
+    Attributes:
+        name: The task's registered name (set by the plugin).
+        summary: One line shown by ``selfsup tasks``.
+        reconstructs: True when the targets are images; the trainer then
+            writes preview grids and the benchmarks time a U-Net.
+    """
+
+    name: ClassVar[str] = "unnamed"
+    summary: ClassVar[str] = ""
+    reconstructs: ClassVar[bool] = False
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self.options: dict[str, Any] = dict(options)
+
+    # -- what every task implements -------------------------------------------------
+
+    def make_batch(self, images: Tensor) -> PretextBatch:
+        """Make training inputs and targets from clean images.
+
+        Args:
+            images: ``(B, 3, H, W)`` float images in ``[0, 1]`` on the
+                training device. Every random draw must happen batch-wise on
+                that device (``torch.rand(..., device=images.device)``); the
+                trainer seeds the global generators.
+
+        Returns:
+            The :class:`PretextBatch` to train on.
+        """
+        raise NotImplementedError
+
+    def build_head(self, encoder: nn.Module) -> nn.Module:
+        """Build the trainable part that sits on ``encoder``.
+
+        Args:
+            encoder: A module following :class:`selfsup_core.encoders.Encoder`:
+                ``encoder(x)`` gives pooled ``(B, encoder.feature_dim)``
+                features and ``encoder.forward_stages(x)`` the feature map of
+                every stage (channels in ``encoder.stage_channels``).
+        """
+        raise NotImplementedError
+
+    def loss(self, outputs: Any, batch: PretextBatch) -> Tensor:
+        """The scalar training loss of ``outputs`` (from :meth:`forward_model`)."""
+        raise NotImplementedError
+
+    # -- optional ------------------------------------------------------------------
+
+    def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Inputs) -> Any:
+        """Run the network on normalised ``inputs``.
+
+        The default feeds pooled features to the head, once per view for
+        multi-view inputs. Reconstruction tasks override it to feed the
+        encoder's stages to a decoder.
+        """
+        return map_inputs(inputs, lambda x: head(encoder(x)))
+
+    def metrics(self, outputs: Any, batch: PretextBatch) -> dict[str, Tensor]:
+        """Scalar metrics to log beside the loss (for example accuracy, PSNR)."""
+        return {}
+
+    def preview(self, outputs: Any, batch: PretextBatch) -> dict[str, Tensor] | None:
+        """Named image columns (each ``(B, 3, H, W)`` in ``[0, 1]``) to save as a grid.
+
+        Reconstruction tasks return for example ``{"input": ..., "restored": ...,
+        "original": ...}``; the default (no preview) suits classification.
+        """
+        return None
+
+
+def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Top-1 accuracy of ``logits`` against class indices, as a 0-dim tensor."""
+    return (logits.argmax(dim=1) == targets).float().mean()
+
+
+def psnr(prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean PSNR in dB of images in ``[0, 1]``, optionally inside a ``mask``.
+
+    The mask broadcasts against the images (``(B, 1, H, W)`` is typical);
+    PSNR is computed per image, then averaged over the batch.
+    """
+    squared = (prediction.float().clamp(0, 1) - target.float()) ** 2
+    if mask is None:
+        mse = squared.flatten(1).mean(dim=1)
+    else:
+        weights = mask.float().expand_as(squared)
+        mse = (squared * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
