@@ -1,0 +1,161 @@
+"""Built-in task ``cutout``: restore boxes erased from each image (inpainting).
+
+Several boxes per image are drawn batch-wise on the device (count, area and
+aspect ranges), filled with noise, zeros or the image mean, and a U-Net
+restores the original. Kornia's ``RandomErasing`` erases one box with a
+scalar fill, hence plain tensor ops here. The drawn boxes *are* the mask:
+both are kept in ``PretextBatch.extras`` so the loss never re-derives them.
+
+Example:
+    >>> task = CutoutTask(boxes=(1, 3), area=(0.05, 0.15))
+    >>> batch = task.make_batch(torch.rand(4, 3, 32, 32))
+    >>> batch.extras["mask"].shape, batch.extras["boxes"].shape
+    (torch.Size([4, 1, 32, 32]), torch.Size([4, 3, 4]))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from selfsup_core import PretextBatch, TaskSpec, hookimpl
+from selfsup_core.reconstruction import ReconstructionTask, check_range
+from selfsup_core.task import psnr
+
+FILLS = ("noise", "zero", "mean")
+
+
+def draw_boxes(
+    n: int,
+    height: int,
+    width: int,
+    boxes: tuple[int, int],
+    area: tuple[float, float],
+    aspect: tuple[float, float],
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """Draw up to ``boxes[1]`` boxes for each of ``n`` images.
+
+    Returns:
+        ``(coords, active)``: ``coords`` is ``(n, K, 4)`` long ``(top, left,
+        height, width)`` in pixels; ``active`` is ``(n, K)`` bool, True for the
+        first ``count`` boxes of each image (count uniform in ``boxes``).
+    """
+    k = boxes[1]
+    count = torch.randint(boxes[0], boxes[1] + 1, (n, 1), device=device)
+    active = torch.arange(k, device=device) < count
+    frac = torch.empty(n, k, device=device).uniform_(*area)
+    # Log-uniform aspect so that 1/3 and 3 are equally likely.
+    log_ar = torch.empty(n, k, device=device).uniform_(math.log(aspect[0]), math.log(aspect[1]))
+    pixels = frac * height * width
+    h = (pixels * log_ar.exp()).sqrt().round().clamp(1, height).long()
+    w = (pixels / log_ar.exp()).sqrt().round().clamp(1, width).long()
+    top = (torch.rand(n, k, device=device) * (height - h + 1)).long()
+    left = (torch.rand(n, k, device=device) * (width - w + 1)).long()
+    return torch.stack([top, left, h, w], dim=-1), active
+
+
+def boxes_to_mask(coords: Tensor, active: Tensor, height: int, width: int) -> Tensor:
+    """Rasterise boxes from :func:`draw_boxes` into a ``(n, 1, H, W)`` bool mask."""
+    ys = torch.arange(height, device=coords.device)
+    xs = torch.arange(width, device=coords.device)
+    top, left, h, w = coords.unbind(-1)
+    rows = (ys >= top[..., None]) & (ys < (top + h)[..., None]) & active[..., None]  # (n, K, H)
+    cols = (xs >= left[..., None]) & (xs < (left + w)[..., None])  # (n, K, W)
+    mask = torch.zeros(len(coords), height, width, dtype=torch.bool, device=coords.device)
+    for i in range(coords.shape[1]):  # K is small; one (n, H, W) op per box slot
+        mask |= rows[:, i, :, None] & cols[:, i, None, :]
+    return mask[:, None]
+
+
+class CutoutTask(ReconstructionTask):
+    """Erase boxes and restore them.
+
+    Args:
+        boxes: Number of boxes per image, an int or ``(min, max)``; 1 to 32.
+        area: Area of each box as a fraction of the image, ``(min, max)`` in ``(0, 1]``.
+        aspect: Height / width of each box, ``(min, max)``, drawn log-uniformly.
+        fill: ``"noise"`` (uniform per-pixel noise, the default: a flat fill
+            tells the network exactly where to paint), ``"zero"`` or ``"mean"``
+            (each image's mean colour).
+        whole_weight: Weight of the L1 loss on the whole image, added to the
+            L1 loss inside the erased region (0 = erased region only).
+        drop_skips: Shallowest U-Net skips left out (see :class:`~selfsup_core.unet.UNetDecoder`).
+
+    Raises:
+        ValueError: Any option out of range, naming it.
+    """
+
+    name = "cutout"
+    summary = "Restore boxes erased from each image (inpainting) with a U-Net around the encoder."
+
+    def __init__(
+        self,
+        boxes: int | Sequence[int] = (1, 4),
+        area: float | Sequence[float] = (0.02, 0.12),
+        aspect: float | Sequence[float] = (0.3, 3.3),
+        fill: str = "noise",
+        whole_weight: float = 0.1,
+        drop_skips: int = 1,
+    ) -> None:
+        boxes_range = check_range("boxes", boxes, 1, 32, integer=True)
+        area_range = check_range("area", area, 1e-6, 1.0)
+        aspect_range = check_range("aspect", aspect, 1e-3, 1e3)
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {', '.join(FILLS)}; got {fill!r}")
+        if isinstance(whole_weight, bool) or not isinstance(whole_weight, (int, float)) or whole_weight < 0:
+            raise ValueError(f"whole_weight must be a number >= 0, got {whole_weight!r}")
+        super().__init__(
+            drop_skips=drop_skips,
+            boxes=list(boxes_range),
+            area=list(area_range),
+            aspect=list(aspect_range),
+            fill=fill,
+            whole_weight=float(whole_weight),
+        )
+        self.boxes, self.area, self.aspect = boxes_range, area_range, aspect_range
+        self.fill = fill
+        self.whole_weight = float(whole_weight)
+
+    def make_batch(self, images: Tensor) -> PretextBatch:
+        n, c, height, width = images.shape
+        coords, active = draw_boxes(
+            n, height, width, self.boxes, self.area, self.aspect, device=images.device
+        )
+        mask = boxes_to_mask(coords, active, height, width)
+        if self.fill == "noise":
+            fill = torch.rand_like(images)
+        elif self.fill == "zero":
+            fill = torch.zeros((), dtype=images.dtype, device=images.device)
+        else:
+            fill = images.mean(dim=(2, 3), keepdim=True)
+        inputs = torch.where(mask, fill, images)
+        return PretextBatch(
+            inputs=inputs,
+            targets=images,
+            extras={"mask": mask, "boxes": coords, "active": active},
+        )
+
+    def loss(self, outputs: Tensor, batch: PretextBatch) -> Tensor:
+        error = (outputs.float() - batch.targets.float()).abs()
+        mask = batch.extras["mask"].float()
+        inside = (error * mask).sum() / (mask.sum() * error.shape[1]).clamp_min(1)
+        return inside + self.whole_weight * error.mean()
+
+    def metrics(self, outputs: Tensor, batch: PretextBatch) -> dict[str, Tensor]:
+        mask = batch.extras["mask"]
+        return {
+            "psnr_masked": psnr(outputs, batch.targets, mask),
+            "psnr_masked_input": psnr(batch.inputs, batch.targets, mask),
+            "psnr": psnr(outputs, batch.targets),
+            "psnr_input": psnr(batch.inputs, batch.targets),
+            "erased": mask.float().mean(),
+        }
+
+
+@hookimpl
+def selfsup_register_tasks() -> list[TaskSpec]:
+    return [TaskSpec(CutoutTask.name, CutoutTask, CutoutTask.summary)]

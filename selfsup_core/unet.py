@@ -1,0 +1,107 @@
+"""A light U-Net decoder that sits on any :class:`~selfsup_core.encoders.Encoder`.
+
+The encoder stays a separate module: the decoder only consumes the feature
+maps of ``encoder.forward_stages(x)``, so after pretraining the encoder is
+exported alone, exactly as for a classification task.
+
+The known trap of restoration pretexts: with skip connections from the
+full-resolution stages, the decoder can rebuild the image from the shallow
+stages alone and the deep layers -- the ones that are reused -- learn little.
+``drop_skips`` removes the ``k`` shallowest skips so the image has to pass
+through the deep stages.
+
+Example:
+    >>> from selfsup_core.encoders import build_encoder
+    >>> enc = build_encoder("tiny")
+    >>> dec = UNetDecoder.for_encoder(enc, drop_skips=1)
+    >>> x = torch.zeros(2, 3, 32, 32)
+    >>> dec(enc.forward_stages(x), size=(32, 32)).shape
+    torch.Size([2, 3, 32, 32])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def decoder_widths(stage_channels: Sequence[int], min_width: int = 16) -> tuple[int, ...]:
+    """Decoder width at each stage's resolution: half the encoder's, at least ``min_width``."""
+    return tuple(max(min_width, c // 2) for c in stage_channels)
+
+
+class UNetDecoder(nn.Module):
+    """Decode encoder stages back to a ``(B, 3, H, W)`` image in ``[0, 1]``.
+
+    From the deepest stage upwards, each level up-samples to the next shallower
+    stage's resolution, concatenates that stage (unless its skip is dropped)
+    and applies one 3x3 conv block. A last block at input resolution and a
+    1x1 conv with a sigmoid give the image.
+
+    Args:
+        stage_channels: The encoder's ``stage_channels``, shallow to deep.
+        drop_skips: How many of the shallowest skip connections to leave out
+            (0 = classic U-Net; ``len(stage_channels) - 1`` = no skips at all,
+            everything passes through the deepest stage).
+        min_width: Narrowest decoder block.
+
+    Raises:
+        ValueError: ``drop_skips`` outside ``[0, len(stage_channels) - 1]``.
+    """
+
+    def __init__(self, stage_channels: Sequence[int], drop_skips: int = 0, min_width: int = 16) -> None:
+        super().__init__()
+        stage_channels = tuple(int(c) for c in stage_channels)
+        n_skips = len(stage_channels) - 1
+        if not 0 <= drop_skips <= n_skips:
+            raise ValueError(
+                f"drop_skips must be between 0 and {n_skips} (the encoder has "
+                f"{len(stage_channels)} stages), got {drop_skips}"
+            )
+        self.stage_channels = stage_channels
+        self.drop_skips = drop_skips
+        widths = decoder_widths(stage_channels, min_width)
+        blocks = []
+        in_channels = stage_channels[-1]
+        # Level i works at stage i's resolution, for i = n-2 .. 0.
+        for i in range(n_skips - 1, -1, -1):
+            skip = stage_channels[i] if self.uses_skip(i) else 0
+            blocks.append(_conv_block(in_channels + skip, widths[i]))
+            in_channels = widths[i]
+        self.up_blocks = nn.ModuleList(blocks)
+        self.final_block = _conv_block(in_channels, min_width)
+        self.to_image = nn.Conv2d(min_width, 3, 1)
+
+    @classmethod
+    def for_encoder(cls, encoder: nn.Module, drop_skips: int = 0) -> UNetDecoder:
+        """The decoder matching ``encoder.stage_channels``."""
+        return cls(encoder.stage_channels, drop_skips=drop_skips)
+
+    def uses_skip(self, stage: int) -> bool:
+        """Whether stage ``stage`` (0 = shallowest) feeds the decoder through a skip."""
+        return stage >= self.drop_skips
+
+    def forward(self, stages: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+        """Decode ``stages`` (from ``encoder.forward_stages``) to an image of ``size``."""
+        if len(stages) != len(self.stage_channels):
+            raise ValueError(f"expected {len(self.stage_channels)} stages, got {len(stages)}")
+        x = stages[-1]
+        for block, i in zip(self.up_blocks, range(len(stages) - 2, -1, -1)):
+            # Interpolating to the stage's exact size handles odd input sizes.
+            x = F.interpolate(x, size=stages[i].shape[-2:], mode="bilinear", align_corners=False)
+            if self.uses_skip(i):
+                x = torch.cat([x, stages[i]], dim=1)
+            x = block(x)
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        return torch.sigmoid(self.to_image(self.final_block(x)))
