@@ -1,0 +1,307 @@
+"""The decode cache: hits, invalidation, corruption, skipped files, placement, races."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import selfsup_core.data as data_module
+from selfsup_core import cache as cache_module
+from selfsup_core.cache import cache_key, default_cache_dir, load_decoded
+from selfsup_core.data import decode_images, scan_folder
+from selfsup_core.errors import ConfigError, DataError
+
+SIZE = 32
+
+
+def write_images(root: Path, per_class: int = 3, classes: tuple[str, ...] = ("cat", "dog")) -> Path:
+    """A tiny ImageFolder tree of 32 x 32 PNGs and JPEGs (oblong, so they get cropped)."""
+    generator = torch.Generator().manual_seed(0)
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (40, 32, 3), generator=generator, dtype=torch.uint8)
+            image = Image.frombytes("RGB", (32, 40), bytes(pixels.flatten().tolist()))
+            image.save(folder / f"{c}_{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return write_images(tmp_path / "data")
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("SELFSUP_CACHE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def decode_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts calls of data.load_image (num_workers=0 keeps them in this process)."""
+    calls = [0]
+    original = data_module.load_image
+
+    def counting(path, size):
+        calls[0] += 1
+        return original(path, size)
+
+    monkeypatch.setattr(data_module, "load_image", counting)
+    return calls
+
+
+def entries(cache_dir: Path) -> list[Path]:
+    return sorted(p for p in (cache_dir / "decoded").iterdir() if not p.name.startswith("."))
+
+
+def assert_same(a, b) -> None:
+    assert torch.equal(a.images, b.images)
+    assert (a.labels is None and b.labels is None) or torch.equal(a.labels, b.labels)
+    assert a.classes == b.classes
+    assert a.skipped == b.skipped
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_cache_gives_the_same_data_as_decode_images(
+    folder: Path, cache_dir: Path, num_workers: int
+) -> None:
+    images = scan_folder(folder, labelled=True)
+    reference = decode_images(images, SIZE)
+    built = load_decoded(images, SIZE, num_workers=num_workers)
+    hit = load_decoded(images, SIZE, num_workers=num_workers)
+    assert_same(built, reference)
+    assert_same(hit, reference)
+    assert hit.images.shape == (6, 3, SIZE, SIZE) and hit.images.dtype == torch.uint8
+
+
+def test_without_cache_nothing_is_written(folder: Path, cache_dir: Path) -> None:
+    images = scan_folder(folder)
+    assert_same(load_decoded(images, SIZE, cache=False), decode_images(images, SIZE))
+    assert not cache_dir.exists()
+
+
+def test_second_call_is_a_hit(folder: Path, cache_dir: Path, decode_count: list[int]) -> None:
+    images = scan_folder(folder)
+    load_decoded(images, SIZE)
+    assert decode_count[0] == 6
+    load_decoded(images, SIZE)
+    assert decode_count[0] == 6
+    assert len(entries(cache_dir)) == 1
+
+
+def test_size_and_decoder_are_part_of_the_key(folder: Path) -> None:
+    images = scan_folder(folder)
+    assert cache_key(images, 32) != cache_key(images, 64)
+    assert cache_key(images, 32, "pil") != cache_key(images, 32, "nvjpeg")
+    assert cache_key(images, 32) == cache_key(scan_folder(folder), 32)
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "touch"])
+def test_a_changed_folder_rebuilds(folder: Path, cache_dir: Path, decode_count: list[int],
+                                   change: str) -> None:
+    first = load_decoded(scan_folder(folder), SIZE)
+    victim = folder / "cat" / "0_0.jpg"
+    if change == "add":
+        Image.new("RGB", (32, 32), (1, 2, 3)).save(folder / "dog" / "extra.png")
+    elif change == "remove":
+        victim.unlink()
+    else:
+        stat = victim.stat()
+        os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    calls_before = decode_count[0]
+    images = scan_folder(folder)
+    second = load_decoded(images, SIZE)
+    assert decode_count[0] - calls_before == len(images)  # decoded afresh
+    assert_same(second, decode_images(images, SIZE))
+    assert len(second) == len(first) + {"add": 1, "remove": -1, "touch": 0}[change]
+
+
+def _corrupt(entry: Path, how: str) -> None:
+    if how == "truncate":
+        with open(entry / "images.u8", "r+b") as handle:
+            handle.truncate(entry.joinpath("images.u8").stat().st_size - 100)
+    elif how == "marker":
+        (entry / "COMPLETE").unlink()
+    elif how == "metadata":
+        (entry / "meta.json").write_text("{not json")
+    elif how == "consistent-garbage-metadata":
+        # Valid JSON with a checksum to match, but describing other files.
+        meta = b'{"format": 1, "key": "x", "count": 1, "total": 1, "skipped": []}'
+        (entry / "meta.json").write_bytes(meta)
+        marker = json.loads((entry / "COMPLETE").read_text())
+        marker["meta_sha256"] = cache_module._sha256(meta)
+        (entry / "COMPLETE").write_text(json.dumps(marker))
+    elif how == "array-bytes":
+        with open(entry / "images.u8", "r+b") as handle:
+            handle.write(b"\xff" * 64)
+    elif how == "array-missing":
+        (entry / "images.u8").unlink()
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["truncate", "marker", "metadata", "consistent-garbage-metadata", "array-bytes", "array-missing"],
+)
+def test_a_corrupt_cache_is_detected_and_rebuilt(
+    folder: Path, cache_dir: Path, decode_count: list[int], how: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    images = scan_folder(folder)
+    # A copy: corrupting the file in place also shows through a live mapping
+    # (selfsup never does that; it replaces entries with new files).
+    reference = load_decoded(images, SIZE).images.clone()
+    _corrupt(entries(cache_dir)[0], how)
+    calls_before = decode_count[0]
+    with caplog.at_level("WARNING", logger="selfsup_core.cache"):
+        rebuilt = load_decoded(images, SIZE)
+    assert "corrupt" in caplog.text
+    assert decode_count[0] - calls_before == len(images)
+    # The rebuilt entry is whole again: the next call is a hit.
+    again = load_decoded(images, SIZE)
+    assert decode_count[0] - calls_before == len(images)
+    assert torch.equal(rebuilt.images, reference)
+    assert_same(again, decode_images(images, SIZE))
+
+
+def test_a_corrupt_image_is_skipped_and_reported_on_every_run(
+    folder: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = folder / "dog" / "broken.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    images = scan_folder(folder, labelled=True)
+    built = load_decoded(images, SIZE)
+    assert built.skipped == (bad,)
+    assert len(built) == len(images) - 1
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        hit = load_decoded(images, SIZE)
+    assert hit.skipped == (bad,)
+    assert "1 of 7 images did not decode" in caplog.text
+    assert_same(hit, decode_images(images, SIZE))
+    meta = json.loads((entries(cache_dir)[0] / "meta.json").read_text())
+    assert meta["skipped_files"] == ["dog/broken.jpg"]
+
+
+def test_no_image_decodes(tmp_path: Path, cache_dir: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"nope")
+    with pytest.raises(DataError, match="none of the 1 images"):
+        load_decoded(scan_folder(tmp_path / "bad"), SIZE)
+    assert not entries(cache_dir)  # nothing half-built left behind
+
+
+def test_cache_is_never_inside_the_data_folder(folder: Path, cache_dir: Path) -> None:
+    images = scan_folder(folder)
+    before = sorted(p for p in folder.rglob("*"))
+    load_decoded(images, SIZE)
+    assert sorted(p for p in folder.rglob("*")) == before
+    assert cache_dir.exists()
+    with pytest.raises(ConfigError, match="inside the data folder"):
+        load_decoded(images, SIZE, cache_dir=folder / ".cache")
+    with pytest.raises(ConfigError, match="inside the data folder"):
+        load_decoded(images, SIZE, cache_dir=folder)
+
+
+def test_cache_dir_argument_and_defaults(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SELFSUP_CACHE_DIR", str(tmp_path / "from-env"))
+    assert default_cache_dir() == tmp_path / "from-env"
+    load_decoded(scan_folder(folder), SIZE, cache_dir=tmp_path / "explicit")
+    assert entries(tmp_path / "explicit") and not (tmp_path / "from-env").exists()
+    monkeypatch.delenv("SELFSUP_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "selfsup"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "selfsup"
+
+
+def test_cached_images_are_read_only_for_other_runs(folder: Path, cache_dir: Path) -> None:
+    images = scan_folder(folder)
+    first = load_decoded(images, SIZE)
+    original = first.images[0].clone()
+    first.images[0].zero_()  # a private mapping: the file keeps its bytes
+    assert torch.equal(load_decoded(images, SIZE).images[0], original)
+
+
+def test_a_run_that_loses_the_race_uses_the_winners_entry(
+    folder: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run publishes the same key while this one decodes: no error, one entry."""
+    images = scan_folder(folder)
+    original = cache_module._decode_into
+    raced = []
+
+    def decode_while_another_run_finishes(out, *args, **kwargs):
+        if not raced:
+            raced.append(True)
+            load_decoded(images, SIZE)  # the "other run" builds and publishes first
+        return original(out, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_decode_into", decode_while_another_run_finishes)
+    result = load_decoded(images, SIZE)
+    assert raced
+    assert_same(result, decode_images(images, SIZE))
+    assert len(entries(cache_dir)) == 1
+    assert not [p for p in (cache_dir / "decoded").iterdir() if p.name.startswith(".")]
+
+
+def test_concurrent_builds_agree(folder: Path, cache_dir: Path) -> None:
+    images = scan_folder(folder)
+    results, errors = [], []
+
+    def build() -> None:
+        try:
+            results.append(load_decoded(images, SIZE))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    reference = decode_images(images, SIZE)
+    for result in results:
+        assert_same(result, reference)
+    assert len(entries(cache_dir)) == 1
+    assert not [p for p in (cache_dir / "decoded").iterdir() if p.name.startswith(".")]
+
+
+def test_unknown_decoder(folder: Path, cache_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown decoder"):
+        load_decoded(scan_folder(folder), SIZE, decoder="magic")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
+def test_nvjpeg_without_gpu_is_a_clear_error(folder: Path, cache_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        load_decoded(scan_folder(folder), SIZE, decoder="nvjpeg")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_nvjpeg_cache(folder: Path, cache_dir: Path) -> None:
+    (folder / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    images = scan_folder(folder, labelled=True)
+    built = load_decoded(images, SIZE, decoder="nvjpeg")
+    hit = load_decoded(images, SIZE, decoder="nvjpeg")
+    uncached = load_decoded(images, SIZE, decoder="nvjpeg", cache=False)
+    assert_same(built, hit)
+    assert_same(built, uncached)
+    assert len(built.skipped) == 1 and len(built) == len(images) - 1
+    # Same picture as PIL's, up to resampling differences.
+    pil = decode_images(images, SIZE)
+    assert (built.images.float() - pil.images.float()).abs().mean() < 20
+    assert len(entries(cache_dir)) == 1
