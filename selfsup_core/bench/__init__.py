@@ -1,0 +1,1 @@
+"""Benchmarks run by ``selfsup bench ...``: each submodule exposes ``add_arguments`` and ``run``."""

@@ -1,0 +1,61 @@
+"""The U-Net decoder: shapes, skip dropping, and that the encoder stays separate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfsup_core.encoders import build_encoder
+from selfsup_core.reconstruction import ReconstructionTask
+from selfsup_core.unet import UNetDecoder
+
+
+@pytest.mark.parametrize("arch", ["tiny", "resnet18"])
+@pytest.mark.parametrize("size", [(32, 32), (40, 36)])
+def test_output_is_an_image_at_input_resolution(arch: str, size: tuple[int, int]) -> None:
+    encoder = build_encoder(arch)
+    decoder = UNetDecoder.for_encoder(encoder, drop_skips=1)
+    x = torch.rand(2, 3, *size)
+    out = decoder(encoder.forward_stages(x), size=size)
+    assert out.shape == (2, 3, *size)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 10])
+def test_drop_skips_out_of_range_is_a_value_error(bad: int) -> None:
+    with pytest.raises(ValueError, match="drop_skips must be between 0 and 2"):
+        UNetDecoder((16, 32, 64), drop_skips=bad)
+
+
+def test_dropped_skips_cut_the_shallow_stages_off() -> None:
+    torch.manual_seed(0)
+    stages = [torch.rand(2, 16, 16, 16), torch.rand(2, 32, 8, 8), torch.rand(2, 64, 4, 4)]
+    changed = [stages[0] + 1.0, stages[1], stages[2]]
+    for drop, depends in [(0, True), (1, False), (2, False)]:
+        decoder = UNetDecoder((16, 32, 64), drop_skips=drop).eval()
+        same = torch.allclose(decoder(stages, (32, 32)), decoder(changed, (32, 32)))
+        assert same is not depends, f"drop_skips={drop}"
+    # With every skip dropped, only the deepest stage matters.
+    decoder = UNetDecoder((16, 32, 64), drop_skips=2).eval()
+    middle = [stages[0], stages[1] + 1.0, stages[2]]
+    assert torch.allclose(decoder(stages, (32, 32)), decoder(middle, (32, 32)))
+
+
+def test_head_holds_no_encoder_weights_and_gradients_reach_the_deepest_stage() -> None:
+    encoder = build_encoder("tiny")
+    task = ReconstructionTask(drop_skips=2)
+    head = task.build_head(encoder)
+    encoder_ids = {id(p) for p in encoder.parameters()}
+    assert not encoder_ids & {id(p) for p in head.parameters()}
+    x = torch.rand(2, 3, 32, 32)
+    out = task.forward_model(encoder, head, x)
+    assert out.shape == x.shape
+    out.mean().backward()
+    deepest = encoder.blocks[-1][0].weight
+    assert deepest.grad is not None and deepest.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
+def test_task_rejects_bad_drop_skips(bad: object) -> None:
+    with pytest.raises(ValueError, match="drop_skips"):
+        ReconstructionTask(drop_skips=bad)  # type: ignore[arg-type]
