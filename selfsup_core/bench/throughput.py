@@ -1,0 +1,407 @@
+"""``selfsup bench throughput``: selfsup's data path against the tutorial's, and the ceiling.
+
+In one run, on the same model, optimiser and batch size, it times (images/s):
+
+* ``tutorial_loop`` (a): the original tutorial's per-sample pipeline (PIL
+  open, RGB, resize, a random quarter turn in PIL, ToTensor, Normalize in
+  ``--num-workers`` loader processes) feeding a train step;
+* ``selfsup_loop`` (b): selfsup's loop: decode cache -> uint8 batches
+  gathered from the memory-mapped cache -> device -> ``task.make_batch`` ->
+  normalisation -> the same train step;
+* ``model_step`` (c): the train step alone on a resident batch (the ceiling);
+
+and the data paths alone, delivering batches ready for the model (decoded,
+augmented, labelled, normalised, on the device):
+
+* ``tutorial_data`` (a'): the tutorial's loader;
+* ``selfsup_data`` (b'): selfsup's, with the same number of loader processes;
+* ``selfsup_data_resident`` (b'): selfsup's without workers, sampling the
+  cache in place (on a GPU: a copy of it in device memory).
+
+The decode cache is built first (its build time is reported on its own), so
+every figure is "after the first epoch". Each measurement is repeated
+``--repeats`` times, interleaved, and the median reported. Every result is a
+JSON line, so runs can be tracked.
+
+Example:
+    $ selfsup bench throughput --data imagenette2-224/train --image-size 64 \\
+        --arch resnet18 --num-workers 2 --limit 2000
+    {"kind": "throughput", "name": "selfsup_loop", "images_per_s": 231.4, ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import transforms
+
+from selfsup_core.cache import load_decoded
+from selfsup_core.data import ImageList, scan_folder, stratified_subset
+from selfsup_core.encoders import build_encoder
+from selfsup_core.errors import ConfigError
+from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD
+from selfsup_core.registry import create_task
+from selfsup_core.task import PretextBatch, PretextTask, map_inputs
+from selfsup_core.threads import one_cpu_thread
+
+#: Ratio name -> (numerator, denominator, goal on CPU, goal on GPU); see docs/performance.md.
+RATIOS: dict[str, tuple[str, str, float | None, float | None]] = {
+    "b/a": ("selfsup_loop", "tutorial_loop", None, 4.0),
+    "b/c": ("selfsup_loop", "model_step", 0.9, 0.9),
+    "b'/a'": ("selfsup_data", "tutorial_data", 3.0, None),
+    "b'(resident)/a'": ("selfsup_data_resident", "tutorial_data", None, None),
+}
+
+_TUTORIAL = ("tutorial_loop", "tutorial_data")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add this benchmark's options to ``parser``."""
+    parser.add_argument("--data", required=True, help="image folder (any tree of images)")
+    parser.add_argument("--image-size", type=int, default=64, help="square training size (default 64)")
+    parser.add_argument("--arch", default="resnet18", help="encoder architecture (default resnet18)")
+    parser.add_argument("--task", default="rotation", help="pretext task (default rotation)")
+    parser.add_argument("--num-workers", type=int, default=2,
+                        help="loader processes for the tutorial's pipeline and selfsup's (default 2)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per batch (default 128)")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="timed train steps per measurement (default 10)")
+    parser.add_argument("--data-steps", type=int, default=30,
+                        help="timed batches per data-path measurement (default 30)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved repetitions; medians are reported (default 3)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use a seeded, class-stratified subset of this many images")
+    parser.add_argument("--cache-dir", default=None,
+                        help="decode cache folder (default: a fresh temporary one, so the build is timed)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op CPU threads of the main process (default: PyTorch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run the benchmark; JSON lines go to ``out`` (default stdout). Returns 0."""
+    out = out or sys.stdout
+    for name in ("image_size", "batch_size", "steps", "data_steps", "repeats"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1.")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    image_list = _limited(scan_folder(args.data), args.limit, args.seed)
+    task = create_task(args.task)
+    bench = _Bench(args, device, task)
+
+    def emit(record: dict[str, Any]) -> None:
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+
+    emit(bench.config(image_list))
+    emit(bench.build_cache(image_list))
+    measurements = bench.measurements(image_list)
+    runs: dict[str, list[float]] = {name: [] for name in measurements}
+    for _ in range(args.repeats):
+        for name, measure in measurements.items():
+            runs[name].append(measure())
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    for name, values in runs.items():
+        emit({"kind": "throughput", "name": name, "what": _WHAT[name],
+              "images_per_s": round(medians[name], 1), "runs": [round(v, 1) for v in values]})
+    goal_column = 3 if device.type == "cuda" else 2
+    for ratio, spec in RATIOS.items():
+        numerator, denominator, goal = spec[0], spec[1], spec[goal_column]
+        if numerator not in medians or denominator not in medians:
+            continue
+        value = medians[numerator] / medians[denominator]
+        emit({"kind": "ratio", "name": ratio, "numerator": numerator, "denominator": denominator,
+              "value": round(value, 3), "goal": goal, "met": None if goal is None else value >= goal})
+    return 0
+
+
+_WHAT = {
+    "model_step": "(c) train step alone on a resident batch: the ceiling",
+    "selfsup_loop": "(b) decode cache -> uint8 batch -> device -> make_batch -> normalise -> train step",
+    "tutorial_loop": "(a) per-sample PIL pipeline in loader workers -> train step",
+    "selfsup_data": "(b') decode cache -> uint8 batch (loader workers) -> device -> make_batch -> normalise",
+    "selfsup_data_resident": "(b') resident cache, no workers -> device -> make_batch -> normalise",
+    "tutorial_data": "(a') per-sample PIL pipeline in loader workers -> device",
+}
+
+
+class _Bench:
+    """The model, optimiser and batch sources shared by every measurement."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, task: PretextTask) -> None:
+        self.args, self.device, self.task = args, device, task.to(device)
+        self.encoder = build_encoder(args.arch)
+        self.head = task.build_head(self.encoder)
+        # As the trainer does: channels_last and bf16 autocast on GPUs, plain fp32 on CPUs.
+        self.channels_last = device.type == "cuda"
+        self.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.encoder.to(device, memory_format=memory_format).train()
+        self.head.to(device).train()
+        params = [*self.encoder.parameters(), *self.head.parameters()]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self.images: Tensor | None = None
+
+    def config(self, image_list: ImageList) -> dict[str, Any]:
+        a = self.args
+        return {
+            "kind": "config", "data": str(a.data), "images": len(image_list), "image_size": a.image_size,
+            "arch": a.arch, "task": a.task, "batch_size": a.batch_size, "num_workers": a.num_workers,
+            "steps": a.steps, "data_steps": a.data_steps, "repeats": a.repeats,
+            "device": str(self.device),
+            "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                            else platform.processor() or platform.machine()),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "precision": "bf16-autocast" if self.bf16 else "fp32", "torch": torch.__version__,
+        }
+
+    def build_cache(self, image_list: ImageList) -> dict[str, Any]:
+        """Build the decode cache (timed), then open it again: the hit every later run gets."""
+        a = self.args
+        cache_dir = a.cache_dir or tempfile.mkdtemp(prefix="selfsup-bench-cache-")
+        try:
+            start = time.perf_counter()
+            load_decoded(image_list, a.image_size, num_workers=a.num_workers, cache_dir=cache_dir)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            decoded = load_decoded(image_list, a.image_size, num_workers=a.num_workers, cache_dir=cache_dir)
+            hit = time.perf_counter() - start
+        finally:
+            if a.cache_dir is None:
+                # The open mapping keeps the data readable after the files go.
+                shutil.rmtree(cache_dir, ignore_errors=True)
+        self.images = decoded.images
+        return {"kind": "cache", "images": len(decoded), "skipped": len(decoded.skipped),
+                "first_call_s": round(first, 3), "images_per_s": round(len(image_list) / first, 1),
+                "hit_s": round(hit, 4), "fresh": a.cache_dir is None}
+
+    def measurements(self, image_list: ImageList) -> dict[str, Callable[[], float]]:
+        a = self.args
+        found: dict[str, Callable[[], float]] = {
+            "model_step": lambda: self._time(self._resident_step_source(), self._train, a.steps),
+            "selfsup_loop": lambda: self._time(
+                self._selfsup_batches(0, resident=False), self._selfsup_train, a.steps),
+            "selfsup_data": lambda: self._time(
+                self._selfsup_batches(a.num_workers, resident=False), self._selfsup_data, a.data_steps),
+            "selfsup_data_resident": lambda: self._time(
+                self._selfsup_batches(0, resident=True), self._selfsup_data, a.data_steps),
+        }
+        if self.task.name == "rotation":  # the tutorial's pipeline makes rotation labels only
+            found["tutorial_loop"] = lambda: self._time(
+                self._tutorial_batches(image_list), self._tutorial_train, a.steps)
+            found["tutorial_data"] = lambda: self._time(
+                self._tutorial_batches(image_list), self._tutorial_data, a.data_steps)
+        return found
+
+    # -- timing ---------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _time(self, batches: Iterator[Any], consume: Callable[[Any], int], steps: int) -> float:
+        """Images/s of ``consume`` over ``steps`` batches, after ``--warmup`` untimed ones."""
+        try:
+            for _ in range(self.args.warmup):
+                consume(next(batches))
+            self._sync()
+            start, images = time.perf_counter(), 0
+            for _ in range(steps):
+                images += consume(next(batches))
+            self._sync()
+            return images / (time.perf_counter() - start)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # ends the loader's worker processes before the next measurement
+
+    # -- the train step ----------------------------------------------------------------
+
+    def _train(self, batch: PretextBatch) -> int:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            outputs = self.task.forward_model(self.encoder, self.head, batch.inputs)
+            loss = self.task.loss(outputs, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return _count(batch.inputs)
+
+    def _normalise(self, images: Tensor) -> Tensor:
+        images = (images - self.mean) / self.std
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    # -- selfsup's path --------------------------------------------------------------
+
+    def _selfsup_batches(self, num_workers: int, resident: bool) -> Iterator[Tensor]:
+        assert self.images is not None
+        images = self.images
+        if resident and self.device.type == "cuda":
+            images = images.to(self.device)
+        if num_workers == 0:
+            return _shuffled_batches(images, self.args.batch_size, self.args.seed)
+        loader = torch.utils.data.DataLoader(
+            _Batches(images), batch_size=self.args.batch_size, shuffle=True, drop_last=True,
+            generator=torch.Generator().manual_seed(self.args.seed), num_workers=num_workers,
+            collate_fn=_identity, pin_memory=self.device.type == "cuda",
+        )
+        return _forever(loader)
+
+    def _selfsup_ready(self, uint8: Tensor) -> PretextBatch:
+        """What the trainer does after transfer: float in [0, 1], the task, normalisation."""
+        # One CPU thread for these short ops: see selfsup_core.threads.
+        with one_cpu_thread(self.device):
+            images = uint8.to(self.device, non_blocking=True).float().div_(255)
+            batch = self.task.make_batch(images)
+            batch.inputs = map_inputs(batch.inputs, self._normalise)
+        return batch
+
+    def _selfsup_data(self, uint8: Tensor) -> int:
+        return _count(self._selfsup_ready(uint8).inputs)
+
+    def _selfsup_train(self, uint8: Tensor) -> int:
+        return self._train(self._selfsup_ready(uint8))
+
+    def _resident_step_source(self) -> Iterator[PretextBatch]:
+        assert self.images is not None
+        count = min(self.args.batch_size, len(self.images))
+        batch = self._selfsup_ready(self.images[:count])
+        while True:
+            yield batch
+
+    # -- the tutorial's path ------------------------------------------------------------
+
+    def _tutorial_batches(self, image_list: ImageList) -> Iterator[tuple[Tensor, Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            TutorialRotationDataset(image_list.files, self.args.image_size),
+            batch_size=self.args.batch_size, shuffle=True, drop_last=True,
+            num_workers=self.args.num_workers, pin_memory=self.device.type == "cuda",
+        )
+        return _forever(loader)
+
+    def _tutorial_ready(self, batch: tuple[Tensor, Tensor]) -> PretextBatch:
+        inputs, labels = batch
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return PretextBatch(inputs=inputs, targets=labels.to(self.device, non_blocking=True))
+
+    def _tutorial_data(self, batch: tuple[Tensor, Tensor]) -> int:
+        return _count(self._tutorial_ready(batch).inputs)
+
+    def _tutorial_train(self, batch: tuple[Tensor, Tensor]) -> int:
+        return self._train(self._tutorial_ready(batch))
+
+
+class TutorialRotationDataset(torch.utils.data.Dataset[tuple[Tensor, int]]):
+    """The original tutorial's per-sample pipeline: decode, resize and rotate in PIL, per image.
+
+    Each item: a normalised ``(3, size, size)`` float tensor turned by a
+    random quarter turn, and the number of quarter turns as its label.
+    """
+
+    def __init__(self, files: list[Path] | tuple[Path, ...], size: int) -> None:
+        self.files = list(files)
+        self.resize = transforms.Resize((size, size))
+        self.to_tensor = transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        with Image.open(self.files[index]) as image:
+            image = self.resize(image.convert("RGB"))
+        turns = random.randrange(4)  # DataLoader seeds `random` in each worker
+        return self.to_tensor(image.rotate(90 * turns)), turns
+
+
+class _Batches(torch.utils.data.Dataset[Tensor]):
+    """A batch at a time from a (memory-mapped) uint8 tensor: one gather, no collate."""
+
+    def __init__(self, images: Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.images[index]
+
+    def __getitems__(self, indices: list[int]) -> Tensor:
+        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+
+def _identity(batch: Tensor) -> Tensor:
+    return batch
+
+
+def _shuffled_batches(images: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Seeded epochs of full batches, gathered in this process (no workers)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, len(images))
+    while True:
+        order = torch.randperm(len(images), generator=generator).to(images.device)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            with one_cpu_thread(images.device):  # a short op beside the model: one thread
+                batch = images[order[start: start + batch_size]]
+            yield batch
+
+
+def _forever(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    while True:
+        iterator = iter(loader)
+        try:
+            yield from iterator
+        finally:
+            del iterator  # shuts the workers down when the generator is closed
+
+
+def _count(inputs: Tensor | tuple[Tensor, ...]) -> int:
+    return len(inputs[0] if isinstance(inputs, tuple) else inputs)
+
+
+def _limited(image_list: ImageList, limit: int | None, seed: int) -> ImageList:
+    if limit is None or limit >= len(image_list):
+        return image_list
+    if limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}.")
+    indices = stratified_subset(len(image_list), image_list.labels, count=limit, seed=seed)
+    return image_list.subset(indices.tolist())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run without the ``selfsup`` command: ``python -m selfsup_core.bench.throughput ...``."""
+    parser = argparse.ArgumentParser(prog="selfsup bench throughput", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
