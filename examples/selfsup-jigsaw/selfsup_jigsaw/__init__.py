@@ -1,0 +1,64 @@
+"""Example third-party task ``jigsaw``: predict how 2 x 2 tiles were shuffled.
+
+Each image is cut into four tiles, which are put back in one of the 24
+possible orders; the label is that order's index. Everything runs batch-wise
+on the device with plain tensor ops.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup_core import PretextBatch, PretextTask, TaskSpec, hookimpl
+from selfsup_core.task import accuracy
+
+PERMUTATIONS = list(itertools.permutations(range(4)))
+
+
+class JigsawTask(PretextTask):
+    """Classify which permutation of the 2 x 2 tiles was applied.
+
+    Args:
+        num_permutations: Use the first N of the 24 permutations (2 to 24).
+    """
+
+    name = "jigsaw"
+    summary = "Predict the order in which 2 x 2 tiles of each image were shuffled."
+
+    def __init__(self, num_permutations: int = 24) -> None:
+        if not 2 <= num_permutations <= len(PERMUTATIONS):
+            raise ValueError(f"num_permutations must be in 2..24, got {num_permutations}")
+        super().__init__(num_permutations=num_permutations)
+        self.num_permutations = num_permutations
+        table = torch.tensor(PERMUTATIONS[:num_permutations])
+        self.register_buffer("permutations", table, persistent=False)
+
+    def make_batch(self, images: Tensor) -> PretextBatch:
+        b, c, h, w = images.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"jigsaw needs even image sizes, got {h} x {w}")
+        labels = torch.randint(self.num_permutations, (b,), device=images.device)
+        # (B, C, 2, H/2, 2, W/2) -> (B, 4, C, H/2, W/2): the four tiles in reading order.
+        tiles = images.view(b, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 1, 3, 5).reshape(b, 4, c, h // 2, w // 2)
+        order = self.permutations[labels]  # (B, 4)
+        shuffled = tiles[torch.arange(b, device=images.device)[:, None], order]
+        inputs = shuffled.view(b, 2, 2, c, h // 2, w // 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return PretextBatch(inputs=inputs, targets=labels)
+
+    def build_head(self, encoder: nn.Module) -> nn.Module:
+        return nn.Linear(encoder.feature_dim, self.num_permutations)
+
+    def loss(self, outputs: Tensor, batch: PretextBatch) -> Tensor:
+        return F.cross_entropy(outputs, batch.targets)
+
+    def metrics(self, outputs: Tensor, batch: PretextBatch) -> dict[str, Tensor]:
+        return {"acc": accuracy(outputs, batch.targets)}
+
+
+@hookimpl
+def selfsup_register_tasks() -> list[TaskSpec]:
+    return [TaskSpec(JigsawTask.name, JigsawTask, JigsawTask.summary)]

@@ -1,0 +1,61 @@
+"""What the pretraining and the fine-tuning modules share.
+
+Batches arrive as uint8; :meth:`ImageModule.on_after_batch_transfer` turns
+them into float images in ``[0, 1]`` on the device. Normalisation happens
+right before the network, so tasks work in ``[0, 1]`` image space.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD
+
+
+class ImageModule(pl.LightningModule):
+    """Base LightningModule: uint8 -> float on device, normalisation, AdamW + cosine.
+
+    Subclasses save these hyperparameters (``self.save_hyperparameters()``):
+    ``lr`` (peak learning rate), ``weight_decay`` (AdamW), ``warmup_fraction``
+    (share of the steps spent warming up) and ``channels_last`` (memory
+    format, faster convolutions on GPUs).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Images in ``[0, 1]`` -> what the encoder expects."""
+        images = (images - self.mean) / self.std
+        if self.hparams.get("channels_last"):
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        return images.float().div_(255), labels
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(
+            (p for p in self.parameters() if p.requires_grad),
+            lr=self.hparams["lr"],
+            weight_decay=self.hparams["weight_decay"],
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(total * self.hparams["warmup_fraction"]))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,136 @@
+"""A contract test suite any task author can run against their task.
+
+Use it from pytest by subclassing :class:`TaskContract`::
+
+    from selfsup_core.testing import TaskContract
+
+    class TestJigsaw(TaskContract):
+        task_name = "jigsaw"          # looked up through the installed plugins
+        task_options = {}             # options to build it with
+
+or call :func:`check_task` directly, which raises ``AssertionError`` naming
+the broken rule. Everything runs on tiny 32 x 32 images with the tiny encoder
+on the CPU (and on CUDA too when present, see ``devices``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import yaml
+from torch import Tensor
+
+from selfsup_core.encoders import TinyEncoder
+from selfsup_core.registry import create_task
+from selfsup_core.task import PretextBatch, PretextTask, map_inputs
+
+IMAGE_SIZE = 32
+BATCH = 8
+
+
+def _views(inputs: Any) -> tuple[Tensor, ...]:
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def check_batch(task: PretextTask, images: Tensor) -> PretextBatch:
+    """``make_batch`` returns float views on the images' device and leaves the images alone."""
+    original = images.clone()
+    batch = task.make_batch(images)
+    assert isinstance(batch, PretextBatch), f"make_batch must return a PretextBatch, got {type(batch)}"
+    assert torch.equal(images, original), "make_batch must not modify the images in place"
+    for view in _views(batch.inputs):
+        assert isinstance(view, Tensor), "inputs must be a tensor or a tuple of tensors"
+        assert view.device == images.device, f"inputs on {view.device}, images on {images.device}"
+        assert view.is_floating_point(), "inputs must be float images"
+        assert view.shape[:2] == images.shape[:2], f"inputs shape {tuple(view.shape)}: need (B, 3, H, W)"
+        assert torch.isfinite(view).all(), "inputs hold NaN or inf"
+    if batch.targets is not None:
+        assert batch.targets.device == images.device, "targets must be on the images' device"
+        assert len(batch.targets) == len(images), "one target per image"
+    for name, extra in batch.extras.items():
+        assert extra.device == images.device, f"extras[{name!r}] must be on the images' device"
+    return batch
+
+
+def check_reproducible(task: PretextTask, images: Tensor) -> None:
+    """The same seed gives the same batch: every draw uses torch's seeded generators."""
+    def draw() -> PretextBatch:
+        torch.manual_seed(0)
+        return task.make_batch(images)
+
+    first, second = draw(), draw()
+    for a, b in zip(_views(first.inputs), _views(second.inputs)):
+        assert torch.equal(a, b), "make_batch is not reproducible under torch.manual_seed"
+
+
+def check_training_step(task: PretextTask, images: Tensor) -> None:
+    """Head, forward, loss and metrics fit together, and gradients reach the encoder."""
+    encoder = TinyEncoder().to(images.device)
+    head = task.build_head(encoder).to(images.device)
+    batch = task.make_batch(images)
+    outputs = task.forward_model(encoder, head, map_inputs(batch.inputs, lambda x: (x - 0.5) / 0.25))
+    loss = task.loss(outputs, batch)
+    assert isinstance(loss, Tensor) and loss.dim() == 0, "loss must be a scalar tensor"
+    assert torch.isfinite(loss), f"loss is not finite: {loss}"
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters()), (
+        "no gradient reaches the encoder: the encoder would not learn"
+    )
+    for name, value in task.metrics(outputs, batch).items():
+        assert isinstance(value, Tensor) and value.numel() == 1, f"metric {name!r} must be a scalar tensor"
+    preview = task.preview(outputs, batch)
+    if preview is not None:
+        for name, column in preview.items():
+            assert column.shape[1:] == images.shape[1:], f"preview column {name!r} is not images-shaped"
+
+
+def check_options_plain(task: PretextTask) -> None:
+    """Options are plain values, so runs can be saved and resumed safely."""
+    try:
+        yaml.safe_dump(task.options)
+    except yaml.YAMLError as exc:
+        raise AssertionError(f"task options must be plain values (numbers, strings, lists): {exc}") from exc
+
+
+def check_task(task: PretextTask, device: str | torch.device = "cpu") -> None:
+    """Run every contract check on ``task``; raises ``AssertionError`` on the first failure."""
+    task = task.to(device)
+    images = torch.rand(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    check_batch(task, images)
+    check_reproducible(task, images)
+    check_training_step(task, images)
+    check_options_plain(task)
+
+
+def available_devices() -> list[str]:
+    """``["cpu"]``, plus ``"cuda"`` when a GPU is present."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+class TaskContract:
+    """Subclass in a pytest module and set :attr:`task_name` to test a task."""
+
+    task_name: ClassVar[str]
+    task_options: ClassVar[dict[str, Any]] = {}
+    devices: ClassVar[list[str]] = available_devices()
+
+    def make_task(self) -> PretextTask:
+        return create_task(self.task_name, **self.task_options)
+
+    def _each_device(self, check: Any) -> None:
+        for device in self.devices:
+            task = self.make_task().to(device)
+            check(task, torch.rand(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))
+
+    def test_batch(self) -> None:
+        self._each_device(check_batch)
+
+    def test_reproducible(self) -> None:
+        self._each_device(check_reproducible)
+
+    def test_training_step(self) -> None:
+        self._each_device(check_training_step)
+
+    def test_options_plain(self) -> None:
+        check_options_plain(self.make_task())

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny generated image folders and an isolated working folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from selfsup_core.synthetic import generate_glyphs
+
+IMAGENETTE = Path(os.environ.get("SELFSUP_IMAGENETTE", Path(__file__).parents[1] / ".." / "shared" / "data" / "imagenette2-224"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder (``runs/`` lands there) with its own cache."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SELFSUP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SELFSUP_DISABLE_PLUGINS", raising=False)
+    torch.manual_seed(0)
+
+
+def write_image_folder(root: Path, per_class: int = 6, size: int = 40, classes: int = 3, seed: int = 0) -> Path:
+    """An ImageFolder-layout tree of glyph images, PNG and JPEG with mixed-case suffixes."""
+    data = generate_glyphs(per_class * 10, size=size, seed=seed)
+    counts = dict.fromkeys(range(classes), 0)
+    for i, (image, label) in enumerate(zip(data.images, data.labels.tolist())):
+        if label >= classes or counts[label] >= per_class:
+            continue
+        counts[label] += 1
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = (".png", ".JPG", ".jpeg")[i % 3]
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"img_{i}{suffix}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """3 classes x 6 images of 40 x 40."""
+    return write_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def imagenette() -> Path:
+    """The Imagenette folder, or a clean skip when it is absent."""
+    if not (IMAGENETTE / "train").is_dir():
+        pytest.skip("Imagenette not found: set SELFSUP_IMAGENETTE")
+    return IMAGENETTE

@@ -1,0 +1,132 @@
+"""The command line, called in-process through ``main(argv)``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from selfsup_core.cli import main
+from selfsup_core.config import PretrainConfig
+
+TINY = ["--arch", "tiny", "--image-size", "32", "--batch-size", "16", "--no-progress"]
+
+
+def pretrain_tiny(out: Path, *extra: str) -> int:
+    return main(["pretrain", "--task", "rotation", *TINY, "--limit", "64", "--max-epochs", "1",
+                 "--out", str(out), *extra])
+
+
+def test_version_and_tasks(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "rotation" in out and "[selfsup]" in out
+
+
+def test_help_lists_installed_tasks(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    assert "installed tasks:" in capsys.readouterr().out
+
+
+def test_pretrain_then_finetune_both_ways(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert pretrain_tiny(tmp_path / "pre") == 0
+    encoder = tmp_path / "pre" / "encoder.safetensors"
+    assert encoder.is_file() and (tmp_path / "pre" / "encoder.json").is_file()
+    assert (tmp_path / "pre" / "config.yaml").is_file() and (tmp_path / "pre" / "versions.json").is_file()
+    assert (tmp_path / "pre" / "logs" / "version_0" / "metrics.csv").is_file()
+    for source in (str(encoder), "none"):
+        out = tmp_path / f"fine-{Path(source).stem}"
+        assert main(["finetune", "--encoder", source, "--arch", "tiny", "--limit", "60", "--max-epochs", "1",
+                     "--label-fraction", "0.5", "--image-size", "32", "--no-progress", "--out", str(out)]) == 0
+        result = json.loads((out / "results.json").read_text())
+        assert 0 <= result["val_acc"] <= 1 and result["train_images"] == 30
+    printed = capsys.readouterr().out
+    assert "val accuracy (final epoch)" in printed and "best epoch" in printed
+
+
+def test_finetune_starts_from_the_pretrained_weights(tmp_path: Path) -> None:
+    from selfsup_core.classifier import ClassifierModule
+
+    assert pretrain_tiny(tmp_path / "pre") == 0
+    saved = safetensors.torch.load_file(tmp_path / "pre" / "encoder.safetensors")
+    module = ClassifierModule(num_classes=3, arch="tiny", encoder_path=str(tmp_path / "pre"))
+    for name, value in module.encoder.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    scratch = ClassifierModule(num_classes=3, arch="tiny")
+    assert not torch.equal(scratch.encoder.state_dict()["blocks.0.0.weight"], saved["blocks.0.0.weight"])
+
+
+def test_non_empty_out_is_refused_then_resumed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert pretrain_tiny(out) == 0
+    assert pretrain_tiny(out) == 1
+    assert "--resume" in capsys.readouterr().err
+    checkpoint = out / "checkpoints" / "last.ckpt"
+    first = torch.load(checkpoint, weights_only=True)  # plain types only
+    assert pretrain_tiny(out, "--resume", "--max-epochs", "2") == 0
+    second = torch.load(checkpoint, weights_only=True)
+    assert second["epoch"] == first["epoch"] + 1
+    assert second["global_step"] == 2 * first["global_step"]
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["version_0", "version_1"]
+
+
+def test_default_out_is_a_new_folder_under_runs(tmp_path: Path) -> None:
+    args = ["pretrain", *TINY, "--limit", "32", "--max-epochs", "1"]
+    assert main(args) == 0 and main(args) == 0
+    runs = sorted(Path("runs").iterdir())
+    assert len(runs) == 2 and all(r.name.startswith("rotation-") for r in runs)
+
+
+def test_config_file_precedence(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("arch: tiny\nmax_epochs: 1\nimage_size: 16\nlimit: 32\ntask_options:\n  num_transforms: 6\n")
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", str(config), "--image-size", "32", "--out", str(out), "--no-progress"]) == 0
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["image_size"] == 32  # command line wins over the file
+    assert saved["arch"] == "tiny" and saved["task_options"] == {"num_transforms": 6}  # file over defaults
+    assert saved["batch_size"] == PretrainConfig().batch_size or saved["batch_size"] == 128
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["pretrain", "--task", "rotaton"], "Did you mean 'rotation'"),
+        (["pretrain", "--task-option", "colour=1"], "has no option 'colour'"),
+        (["pretrain", "--data", "missing-folder"], "does not exist"),
+        (["finetune", "--encoder", "nowhere/encoder.safetensors"], "not found"),
+        (["pretrain", "--image-size", "0"], "image-size must be at least 1"),
+        (["pretrain", "--arch", "resnet9"], "unknown encoder 'resnet9'"),
+    ],
+)
+def test_user_errors_are_one_clear_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_folder_without_images_and_corrupt_images(tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["pretrain", "--data", str(tmp_path / "empty")]) == 1
+    assert "is empty" in capsys.readouterr().err
+    (image_folder / "class_1" / "bad.png").write_bytes(b"nope")
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data", str(image_folder), *TINY, "--max-epochs", "1", "--out", str(out)]) == 0
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["skipped_images"] == 1
+
+
+def test_wrong_architecture_encoder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert pretrain_tiny(tmp_path / "pre") == 0
+    assert main(["finetune", "--encoder", str(tmp_path / "pre"), "--arch", "resnet18"]) == 1
+    assert "holds a 'tiny' encoder" in capsys.readouterr().err

@@ -1,0 +1,42 @@
+"""The reusable contract suite, run over every installed task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfsup_core import PretextBatch, PretextTask, list_tasks
+from selfsup_core.registry import create_task
+from selfsup_core.testing import TaskContract, check_task
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_installed_task_meets_contract(name: str) -> None:
+    check_task(create_task(name))
+
+
+class TestRotationContract(TaskContract):
+    task_name = "rotation"
+    task_options = {"num_transforms": 6}
+
+
+class _InPlace(PretextTask):
+    def make_batch(self, images: torch.Tensor) -> PretextBatch:
+        images.mul_(0.5)
+        return PretextBatch(inputs=images, targets=torch.zeros(len(images), dtype=torch.long))
+
+
+class _Unseeded(_InPlace):
+    def make_batch(self, images: torch.Tensor) -> PretextBatch:
+        gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
+        return PretextBatch(inputs=images + torch.rand(images.shape, generator=gen), targets=None)
+
+
+def test_contract_catches_in_place_changes() -> None:
+    with pytest.raises(AssertionError, match="in place"):
+        check_task(_InPlace())
+
+
+def test_contract_catches_unseeded_randomness() -> None:
+    with pytest.raises(AssertionError, match="reproducible"):
+        check_task(_Unseeded())
