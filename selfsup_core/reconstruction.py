@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD
 from selfsup_core.task import PretextBatch, PretextTask
 from selfsup_core.unet import UNetDecoder
 
@@ -28,22 +30,35 @@ class ReconstructionTask(PretextTask):
     Args:
         drop_skips: Shallowest skip connections the U-Net leaves out (see
             :class:`~selfsup_core.unet.UNetDecoder`).
+        residual: The decoder predicts a correction added to the degraded
+            input (suits mild degradations: the output starts as good as the
+            input) instead of the image itself.
         **options: Further options of the subclass, saved with the run.
     """
 
     reconstructs = True
 
-    def __init__(self, drop_skips: int = 1, **options: Any) -> None:
+    def __init__(self, drop_skips: int = 1, residual: bool = False, **options: Any) -> None:
         if not isinstance(drop_skips, int) or isinstance(drop_skips, bool) or drop_skips < 0:
             raise ValueError(f"drop_skips must be a non-negative integer, got {drop_skips!r}")
-        super().__init__(drop_skips=drop_skips, **options)
+        if not isinstance(residual, bool):
+            raise ValueError(f"residual must be true or false, got {residual!r}")
+        super().__init__(drop_skips=drop_skips, residual=residual, **options)
         self.drop_skips = drop_skips
+        self.residual = residual
 
     def build_head(self, encoder: nn.Module) -> nn.Module:
-        return UNetDecoder.for_encoder(encoder, drop_skips=self.drop_skips)
+        return UNetDecoder.for_encoder(encoder, drop_skips=self.drop_skips, residual=self.residual)
 
     def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Any) -> Tensor:
-        return head(encoder.forward_stages(inputs), size=tuple(inputs.shape[-2:]))
+        base = None
+        if self.residual:
+            # The trainer normalised the inputs with the ImageNet statistics
+            # (see selfsup_core.export); undo that to get the degraded image back.
+            mean = torch.tensor(IMAGENET_MEAN, device=inputs.device, dtype=inputs.dtype).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD, device=inputs.device, dtype=inputs.dtype).view(1, 3, 1, 1)
+            base = inputs * std + mean
+        return head(encoder.forward_stages(inputs), size=tuple(inputs.shape[-2:]), base=base)
 
     def loss(self, outputs: Tensor, batch: PretextBatch) -> Tensor:
         return F.l1_loss(outputs, batch.targets)

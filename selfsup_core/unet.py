@@ -47,7 +47,8 @@ class UNetDecoder(nn.Module):
     From the deepest stage upwards, each level up-samples to the next shallower
     stage's resolution, concatenates that stage (unless its skip is dropped)
     and applies one 3x3 conv block. A last block at input resolution and a
-    1x1 conv with a sigmoid give the image.
+    1x1 conv give the image: through a sigmoid, or with ``residual=True``
+    added to a ``base`` image (the degraded input), starting as the identity.
 
     Args:
         stage_channels: The encoder's ``stage_channels``, shallow to deep.
@@ -55,12 +56,19 @@ class UNetDecoder(nn.Module):
             (0 = classic U-Net; ``len(stage_channels) - 1`` = no skips at all,
             everything passes through the deepest stage).
         min_width: Narrowest decoder block.
+        residual: Predict a correction of ``base`` instead of the image.
 
     Raises:
         ValueError: ``drop_skips`` outside ``[0, len(stage_channels) - 1]``.
     """
 
-    def __init__(self, stage_channels: Sequence[int], drop_skips: int = 0, min_width: int = 16) -> None:
+    def __init__(
+        self,
+        stage_channels: Sequence[int],
+        drop_skips: int = 0,
+        min_width: int = 16,
+        residual: bool = False,
+    ) -> None:
         super().__init__()
         stage_channels = tuple(int(c) for c in stage_channels)
         n_skips = len(stage_channels) - 1
@@ -82,18 +90,29 @@ class UNetDecoder(nn.Module):
         self.up_blocks = nn.ModuleList(blocks)
         self.final_block = _conv_block(in_channels, min_width)
         self.to_image = nn.Conv2d(min_width, 3, 1)
+        self.residual = residual
+        if residual:
+            # Start as the identity: output = base, so training only improves on it.
+            nn.init.zeros_(self.to_image.weight)
+            nn.init.zeros_(self.to_image.bias)
 
     @classmethod
-    def for_encoder(cls, encoder: nn.Module, drop_skips: int = 0) -> UNetDecoder:
+    def for_encoder(cls, encoder: nn.Module, drop_skips: int = 0, residual: bool = False) -> UNetDecoder:
         """The decoder matching ``encoder.stage_channels``."""
-        return cls(encoder.stage_channels, drop_skips=drop_skips)
+        return cls(encoder.stage_channels, drop_skips=drop_skips, residual=residual)
 
     def uses_skip(self, stage: int) -> bool:
         """Whether stage ``stage`` (0 = shallowest) feeds the decoder through a skip."""
         return stage >= self.drop_skips
 
-    def forward(self, stages: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
-        """Decode ``stages`` (from ``encoder.forward_stages``) to an image of ``size``."""
+    def forward(
+        self, stages: Sequence[Tensor], size: tuple[int, int], base: Tensor | None = None
+    ) -> Tensor:
+        """Decode ``stages`` (from ``encoder.forward_stages``) to an image of ``size``.
+
+        ``base`` (``(B, 3, *size)`` in ``[0, 1]``) is required with ``residual=True``;
+        the residual output is not clamped (metrics and previews clamp).
+        """
         if len(stages) != len(self.stage_channels):
             raise ValueError(f"expected {len(self.stage_channels)} stages, got {len(stages)}")
         x = stages[-1]
@@ -104,4 +123,9 @@ class UNetDecoder(nn.Module):
                 x = torch.cat([x, stages[i]], dim=1)
             x = block(x)
         x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-        return torch.sigmoid(self.to_image(self.final_block(x)))
+        x = self.to_image(self.final_block(x))
+        if not self.residual:
+            return torch.sigmoid(x)
+        if base is None:
+            raise ValueError("a residual decoder needs the base image")
+        return base + x

@@ -59,3 +59,18 @@ def test_head_holds_no_encoder_weights_and_gradients_reach_the_deepest_stage() -
 def test_task_rejects_bad_drop_skips(bad: object) -> None:
     with pytest.raises(ValueError, match="drop_skips"):
         ReconstructionTask(drop_skips=bad)  # type: ignore[arg-type]
+
+
+def test_residual_decoder_starts_as_the_identity_on_the_unnormalised_input() -> None:
+    from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD
+
+    encoder = build_encoder("tiny")
+    task = ReconstructionTask(drop_skips=0, residual=True)
+    head = task.build_head(encoder)
+    images = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    out = task.forward_model(encoder, head, (images - mean) / std)
+    assert torch.allclose(out, images, atol=1e-5)
+    with pytest.raises(ValueError, match="base image"):
+        head(encoder.forward_stages(images), size=(32, 32))

@@ -56,6 +56,8 @@ class CrappifyTask(ReconstructionTask):
         jpeg_quality: JPEG quality ``(min, max)``, integers in 1-100.
         loss: ``"l1"`` (default), ``"ssim"`` (Kornia's SSIM loss) or ``"l1+ssim"``.
         drop_skips: Shallowest U-Net skips left out (see :class:`~selfsup_core.unet.UNetDecoder`).
+        residual: Predict a correction of the degraded input (default) rather
+            than the image: the output starts as good as the input.
         bank_size: Number of rendered strings to draw text from.
 
     Raises:
@@ -78,6 +80,7 @@ class CrappifyTask(ReconstructionTask):
         jpeg_quality: int | Sequence[int] = (10, 60),
         loss: str = "l1",
         drop_skips: int = 1,
+        residual: bool = True,
         bank_size: int = 64,
     ) -> None:
         probs = {
@@ -99,6 +102,7 @@ class CrappifyTask(ReconstructionTask):
             raise ValueError(f"bank_size must be a positive integer, got {bank_size!r}")
         super().__init__(
             drop_skips=drop_skips,
+            residual=residual,
             **probs,
             **{k: list(v) for k, v in ranges.items()},
             loss=loss,

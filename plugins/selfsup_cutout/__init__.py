@@ -84,6 +84,8 @@ class CutoutTask(ReconstructionTask):
         whole_weight: Weight of the L1 loss on the whole image, added to the
             L1 loss inside the erased region (0 = erased region only).
         drop_skips: Shallowest U-Net skips left out (see :class:`~selfsup_core.unet.UNetDecoder`).
+        residual: Predict a correction of the input rather than the image (off
+            by default: a noise-filled box is better replaced than corrected).
 
     Raises:
         ValueError: Any option out of range, naming it.
@@ -100,6 +102,7 @@ class CutoutTask(ReconstructionTask):
         fill: str = "noise",
         whole_weight: float = 0.1,
         drop_skips: int = 1,
+        residual: bool = False,
     ) -> None:
         boxes_range = check_range("boxes", boxes, 1, 32, integer=True)
         area_range = check_range("area", area, 1e-6, 1.0)
@@ -110,6 +113,7 @@ class CutoutTask(ReconstructionTask):
             raise ValueError(f"whole_weight must be a number >= 0, got {whole_weight!r}")
         super().__init__(
             drop_skips=drop_skips,
+            residual=residual,
             boxes=list(boxes_range),
             area=list(area_range),
             aspect=list(aspect_range),
