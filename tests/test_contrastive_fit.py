@@ -1,0 +1,64 @@
+"""The contract fits a SimCLR-style task (two views, a loss without targets) unchanged."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup_core import PretextBatch, PretextTask
+from selfsup_core.encoders import TinyEncoder
+from selfsup_core.task import map_inputs
+from selfsup_core.testing import check_task
+
+
+class TwoViewTask(PretextTask):
+    """A minimal SimCLR: two random crops+flips per image, NT-Xent loss."""
+
+    def __init__(self, temperature: float = 0.5) -> None:
+        super().__init__(temperature=temperature)
+        self.temperature = temperature
+
+    def _view(self, images: Tensor) -> Tensor:
+        b, _, h, w = images.shape
+        flip = torch.rand(b, device=images.device) < 0.5
+        shift = torch.randint(-4, 5, (2,), device=images.device)
+        view = torch.roll(images, shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))
+        return torch.where(flip[:, None, None, None], view.flip(-1), view)
+
+    def make_batch(self, images: Tensor) -> PretextBatch:
+        return PretextBatch(inputs=(self._view(images), self._view(images)), targets=None)
+
+    def build_head(self, encoder: nn.Module) -> nn.Module:
+        return nn.Sequential(nn.Linear(encoder.feature_dim, 32), nn.ReLU(), nn.Linear(32, 16))
+
+    def loss(self, outputs: tuple[Tensor, Tensor], batch: PretextBatch) -> Tensor:
+        z = F.normalize(torch.cat(outputs), dim=1)
+        n = len(outputs[0])
+        similarity = z @ z.T / self.temperature
+        similarity.fill_diagonal_(float("-inf"))
+        positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+        return F.cross_entropy(similarity, positives)
+
+
+def test_two_view_task_meets_contract() -> None:
+    check_task(TwoViewTask())
+
+
+def test_two_view_task_trains() -> None:
+    torch.manual_seed(0)
+    task, encoder = TwoViewTask(), TinyEncoder()
+    head = task.build_head(encoder)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=3e-3)
+    images = torch.rand(16, 3, 32, 32)
+    losses = []
+    for _ in range(30):
+        batch = task.make_batch(images)
+        assert batch.targets is None and len(batch.inputs) == 2
+        outputs = task.forward_model(encoder, head, map_inputs(batch.inputs, lambda x: x - 0.5))
+        loss = task.loss(outputs, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
