@@ -8,11 +8,12 @@ Public API::
 from selfsup_core._markers import hookimpl, hookspec
 from selfsup_core.errors import SelfsupError
 from selfsup_core.registry import EncoderSpec, TaskSpec, create_task, list_tasks
-from selfsup_core.task import PretextBatch, PretextTask
+from selfsup_core.task import ClassificationTask, PretextBatch, PretextTask
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassificationTask",
     "EncoderSpec",
     "PretextBatch",
     "PretextTask",

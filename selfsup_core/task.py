@@ -150,6 +150,25 @@ class PretextTask(nn.Module):
         return None
 
 
+class ClassificationTask(PretextTask):
+    """A pretext task whose targets are class indices (rotation, jigsaw...).
+
+    Subclasses set ``self.num_classes`` and implement :meth:`make_batch`; the
+    linear head, cross-entropy loss and accuracy metric come from here.
+    """
+
+    num_classes: int
+
+    def build_head(self, encoder: nn.Module) -> nn.Module:
+        return nn.Linear(encoder.feature_dim, self.num_classes)
+
+    def loss(self, outputs: Tensor, batch: PretextBatch) -> Tensor:
+        return nn.functional.cross_entropy(outputs, batch.targets)
+
+    def metrics(self, outputs: Tensor, batch: PretextBatch) -> dict[str, Tensor]:
+        return {"acc": accuracy(outputs, batch.targets)}
+
+
 def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
     """Top-1 accuracy of ``logits`` against class indices, as a 0-dim tensor."""
     return (logits.argmax(dim=1) == targets).float().mean()

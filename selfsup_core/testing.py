@@ -65,15 +65,24 @@ def check_reproducible(task: PretextTask, images: Tensor) -> None:
 
 
 def check_training_step(task: PretextTask, images: Tensor) -> None:
-    """Head, forward, loss and metrics fit together, and gradients reach the encoder."""
+    """Head, forward, loss and metrics fit together, and gradients reach the encoder.
+
+    Two SGD steps are taken: a head whose output layer starts at zero (an
+    identity-at-init residual decoder) passes no gradient back on the very
+    first step, but must from the second on.
+    """
     encoder = TinyEncoder().to(images.device)
     head = task.build_head(encoder).to(images.device)
-    batch = task.make_batch(images)
-    outputs = task.forward_model(encoder, head, map_inputs(batch.inputs, lambda x: (x - 0.5) / 0.25))
-    loss = task.loss(outputs, batch)
-    assert isinstance(loss, Tensor) and loss.dim() == 0, "loss must be a scalar tensor"
-    assert torch.isfinite(loss), f"loss is not finite: {loss}"
-    loss.backward()
+    optimizer = torch.optim.SGD([*encoder.parameters(), *head.parameters()], lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        batch = task.make_batch(images)
+        outputs = task.forward_model(encoder, head, map_inputs(batch.inputs, lambda x: (x - 0.5) / 0.25))
+        loss = task.loss(outputs, batch)
+        assert isinstance(loss, Tensor) and loss.dim() == 0, "loss must be a scalar tensor"
+        assert torch.isfinite(loss), f"loss is not finite: {loss}"
+        loss.backward()
+        optimizer.step()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters()), (
         "no gradient reaches the encoder: the encoder would not learn"
     )

@@ -40,3 +40,22 @@ def test_contract_catches_in_place_changes() -> None:
 def test_contract_catches_unseeded_randomness() -> None:
     with pytest.raises(AssertionError, match="reproducible"):
         check_task(_Unseeded())
+
+
+class _IgnoresEncoder(PretextTask):
+    def make_batch(self, images: torch.Tensor) -> PretextBatch:
+        return PretextBatch(inputs=images, targets=torch.zeros(len(images), dtype=torch.long))
+
+    def build_head(self, encoder: torch.nn.Module) -> torch.nn.Module:
+        return torch.nn.Linear(3, 2)
+
+    def forward_model(self, encoder, head, inputs):  # noqa: ANN001, ANN201
+        return head(inputs.mean(dim=(2, 3)))
+
+    def loss(self, outputs: torch.Tensor, batch: PretextBatch) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(outputs, batch.targets)
+
+
+def test_contract_catches_a_detached_encoder() -> None:
+    with pytest.raises(AssertionError, match="no gradient reaches the encoder"):
+        check_task(_IgnoresEncoder())

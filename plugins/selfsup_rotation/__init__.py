@@ -16,11 +16,10 @@ Example:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from selfsup_core import PretextBatch, PretextTask, TaskSpec, hookimpl
-from selfsup_core.task import accuracy
+from selfsup_core import PretextBatch, TaskSpec, hookimpl
+from selfsup_core.task import ClassificationTask
 
 TRANSFORM_NAMES = ("rot0", "rot90", "rot180", "rot270", "vflip", "hflip")
 
@@ -32,7 +31,7 @@ def apply_transform(images: Tensor, index: int) -> Tensor:
     return images.flip(-2) if index == 4 else images.flip(-1)
 
 
-class RotationTask(PretextTask):
+class RotationTask(ClassificationTask):
     """Classify the quarter turn (and optionally flip) applied to each image.
 
     Args:
@@ -46,7 +45,7 @@ class RotationTask(PretextTask):
         if num_transforms not in (4, 6):
             raise ValueError(f"num_transforms must be 4 or 6, got {num_transforms}")
         super().__init__(num_transforms=num_transforms)
-        self.num_transforms = num_transforms
+        self.num_transforms = self.num_classes = num_transforms
 
     def make_batch(self, images: Tensor) -> PretextBatch:
         if images.shape[-1] != images.shape[-2]:
@@ -58,15 +57,6 @@ class RotationTask(PretextTask):
             chosen = labels == index
             inputs[chosen] = apply_transform(images[chosen], index)
         return PretextBatch(inputs=inputs, targets=labels)
-
-    def build_head(self, encoder: nn.Module) -> nn.Module:
-        return nn.Linear(encoder.feature_dim, self.num_transforms)
-
-    def loss(self, outputs: Tensor, batch: PretextBatch) -> Tensor:
-        return F.cross_entropy(outputs, batch.targets)
-
-    def metrics(self, outputs: Tensor, batch: PretextBatch) -> dict[str, Tensor]:
-        return {"acc": accuracy(outputs, batch.targets)}
 
 
 @hookimpl

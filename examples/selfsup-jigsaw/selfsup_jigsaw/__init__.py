@@ -2,7 +2,8 @@
 
 Each image is cut into four tiles, which are put back in one of the 24
 possible orders; the label is that order's index. Everything runs batch-wise
-on the device with plain tensor ops.
+on the device with plain tensor ops. Head, loss (cross-entropy) and accuracy
+come from :class:`~selfsup_core.task.ClassificationTask`.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from __future__ import annotations
 import itertools
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from selfsup_core import PretextBatch, PretextTask, TaskSpec, hookimpl
-from selfsup_core.task import accuracy
+from selfsup_core import PretextBatch, TaskSpec, hookimpl
+from selfsup_core.task import ClassificationTask
 
 PERMUTATIONS = list(itertools.permutations(range(4)))
 
 
-class JigsawTask(PretextTask):
+class JigsawTask(ClassificationTask):
     """Classify which permutation of the 2 x 2 tiles was applied.
 
     Args:
@@ -33,7 +33,7 @@ class JigsawTask(PretextTask):
         if not 2 <= num_permutations <= len(PERMUTATIONS):
             raise ValueError(f"num_permutations must be in 2..24, got {num_permutations}")
         super().__init__(num_permutations=num_permutations)
-        self.num_permutations = num_permutations
+        self.num_permutations = self.num_classes = num_permutations
         table = torch.tensor(PERMUTATIONS[:num_permutations])
         self.register_buffer("permutations", table, persistent=False)
 
@@ -48,15 +48,6 @@ class JigsawTask(PretextTask):
         shuffled = tiles[torch.arange(b, device=images.device)[:, None], order]
         inputs = shuffled.view(b, 2, 2, c, h // 2, w // 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
         return PretextBatch(inputs=inputs, targets=labels)
-
-    def build_head(self, encoder: nn.Module) -> nn.Module:
-        return nn.Linear(encoder.feature_dim, self.num_permutations)
-
-    def loss(self, outputs: Tensor, batch: PretextBatch) -> Tensor:
-        return F.cross_entropy(outputs, batch.targets)
-
-    def metrics(self, outputs: Tensor, batch: PretextBatch) -> dict[str, Tensor]:
-        return {"acc": accuracy(outputs, batch.targets)}
 
 
 @hookimpl
