@@ -130,3 +130,41 @@ def test_wrong_architecture_encoder(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert pretrain_tiny(tmp_path / "pre") == 0
     assert main(["finetune", "--encoder", str(tmp_path / "pre"), "--arch", "resnet18"]) == 1
     assert "holds a 'tiny' encoder" in capsys.readouterr().err
+
+
+def _fake_entry_points(monkeypatch: pytest.MonkeyPatch, *extra: object) -> None:
+    import importlib.metadata
+
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [*extra, *real(group=group)])
+
+
+class _EntryPoint:
+    def __init__(self, name: str, dist: str, load: object) -> None:
+        self.name, self.group, self._load = name, "selfsup", load
+        self.dist = type("Dist", (), {"name": dist})()
+
+    def load(self) -> object:
+        if isinstance(self._load, Exception):
+            raise self._load
+        return self._load
+
+
+def test_tasks_marks_conflicts_and_broken_plugins(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import selfsup_rotation
+
+    class Duplicate:
+        selfsup_register_tasks = staticmethod(selfsup_rotation.selfsup_register_tasks)
+
+    _fake_entry_points(
+        monkeypatch,
+        _EntryPoint("rotation-copy", "other-dist", Duplicate()),
+        _EntryPoint("broken", "broken-dist", ImportError("cannot import name 'x'")),
+    )
+    assert main(["tasks"]) == 0
+    captured = capsys.readouterr()
+    assert "rotation     CONFLICT" in captured.out and "other-dist" in captured.out
+    assert "'broken' (broken-dist) failed to load" in captured.err
+    assert main(["pretrain", "--task", "rotation"]) == 1
+    err = capsys.readouterr().err
+    assert "other-dist" in err and "SELFSUP_DISABLE_PLUGINS" in err

@@ -1,0 +1,29 @@
+"""Checks that only a GPU can make; skipped cleanly without one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup_core import create_task, list_tasks
+from selfsup_core.testing import check_task
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_task_batches_stay_on_the_gpu(name: str) -> None:
+    check_task(create_task(name), device="cuda")
+
+
+def test_pretrain_on_gpu_with_bf16(tmp_path: Path) -> None:
+    from selfsup_core.pretrain import pretrain
+
+    result = pretrain(task="rotation", arch="resnet18", limit=256, max_epochs=1, out=str(tmp_path / "run"),
+                      precision="bf16-mixed", progress=False)
+    assert result.encoder_path.is_file()
