@@ -1,0 +1,514 @@
+"""Judge an encoder on labelled images: kNN, linear probe or fine-tune.
+
+Three protocols, each against the same architecture randomly initialised
+(``--encoder none``), the baseline every number must be read against:
+
+* ``knn``: frozen encoder (eval mode), L2-normalised pooled features, cosine
+  similarity to every labelled train image (the bank), the k = 20 nearest
+  vote with weights ``exp(similarity / 0.07)``.
+* ``linear``: frozen encoder, features computed once (centre crops, no
+  augmentation) and standardised; a linear classifier trained on them
+  full-batch with AdamW.
+* ``finetune``: the whole network, exactly as ``selfsup finetune`` does it.
+
+Each evaluation prints one JSON line (protocol, encoder, task, label
+fraction, seed, top-1 of the final epoch, wall time and the protocol's
+settings) and appends it to ``results.jsonl`` in the run folder.
+
+Example:
+    selfsup evaluate --encoder runs/rotation/encoder.safetensors \\
+        --data imagenette2-224/train --val-data imagenette2-224/val --protocol knn
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup_core.config import FinetuneConfig, resolve_defaults
+from selfsup_core.data import DecodedImages, stratified_subset
+from selfsup_core.encoders import build_encoder
+from selfsup_core.errors import ConfigError, DataError
+from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD, load_encoder, read_encoder_info
+from selfsup_core.runs import new_run_dir
+from selfsup_core.sources import Split, load_split
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("knn", "linear", "finetune")
+RESULTS_NAME = "results.jsonl"
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
+PROBE_STEPS = 300
+
+
+@dataclass
+class EvalResult:
+    """One evaluation: what was judged, how, and the top-1 it got.
+
+    Attributes:
+        protocol: ``knn``, ``linear`` or ``finetune``.
+        encoder: The encoder file, or ``none``.
+        task: The pretext task from ``encoder.json``, or ``none``.
+        arch: Encoder architecture.
+        image_size: Square image size of train and val images.
+        label_fraction: Share of the labelled train images used.
+        seed: Seed of the label subset, the random encoder and the training.
+        top1: Validation top-1 (for trained protocols, of the final epoch).
+        seconds: Wall time of the evaluation, feature extraction included.
+        details: Protocol settings and extra measurements.
+    """
+
+    protocol: str
+    encoder: str
+    task: str
+    arch: str
+    image_size: int
+    label_fraction: float
+    seed: int
+    top1: float
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for one JSON line, details flattened in."""
+        plain = dataclasses.asdict(self)
+        details = plain.pop("details")
+        return {**plain, **details}
+
+
+# ---------------------------------------------------------------- features
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    images: Tensor,
+    *,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+) -> Tensor:
+    """Pooled features of uint8 images, with the encoder frozen in eval mode.
+
+    Args:
+        encoder: Any module mapping normalised ``(B, 3, S, S)`` images to ``(B, D)``.
+        images: ``(N, 3, S, S)`` uint8 (as decoded; already centre-cropped).
+        mean: Normalisation the encoder was trained with (``encoder.json``).
+        std: Likewise.
+        batch_size: Images per forward pass.
+        device: Where to run; default :func:`default_device`.
+
+    Returns:
+        ``(N, D)`` float32 features on the CPU.
+
+    Example:
+        >>> feats = extract_features(build_encoder("tiny"), torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
+        >>> tuple(feats.shape)
+        (4, 64)
+    """
+    device = device or default_device()
+    was_training = encoder.training
+    encoder.eval().to(device)  # BatchNorm uses running statistics: features do not depend on the batch
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device).float().div_(255)
+        chunks.append(encoder((batch - m) / s).float().flatten(1).cpu())
+    encoder.train(was_training)
+    if not chunks:
+        raise DataError("no images to compute features of.")
+    return torch.cat(chunks)
+
+
+# ---------------------------------------------------------------- kNN
+
+
+def knn_predict(
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    num_classes: int,
+    *,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    chunk: int = 1024,
+) -> Tensor:
+    """Weighted kNN class predictions by cosine similarity.
+
+    Each query's ``k`` most similar bank entries vote for their class with
+    weight ``exp(similarity / temperature)`` (the protocol of InstDisc, DINO
+    and most SSL libraries). Features are L2-normalised here.
+
+    Args:
+        bank: ``(N, D)`` features of the labelled images.
+        bank_labels: ``(N,)`` class indices.
+        queries: ``(M, D)`` features to classify.
+        num_classes: Number of classes.
+        k: Neighbours per query (capped at ``N``).
+        temperature: Softness of the vote weights; small values let the
+            nearest neighbours dominate.
+        chunk: Queries per similarity matrix (bounds memory at ``chunk x N``).
+
+    Returns:
+        ``(M,)`` predicted class indices.
+
+    Example:
+        >>> bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+        >>> knn_predict(bank, torch.tensor([0, 0, 1]), torch.tensor([[0.1, 1.0]]), 2, k=1).tolist()
+        [1]
+    """
+    if len(bank) == 0:
+        raise DataError("the kNN bank is empty: no labelled train images.")
+    bank = F.normalize(bank.float(), dim=1)
+    k = min(k, len(bank))
+    predictions = []
+    for start in range(0, len(queries), chunk):
+        query = F.normalize(queries[start:start + chunk].float(), dim=1)
+        similarity, index = (query @ bank.T).topk(k, dim=1)
+        weights = (similarity / temperature).exp()
+        votes = torch.zeros(len(query), num_classes, dtype=weights.dtype)
+        votes.scatter_add_(1, bank_labels[index], weights)
+        predictions.append(votes.argmax(dim=1))
+    return torch.cat(predictions)
+
+
+# ---------------------------------------------------------------- linear probe
+
+
+class LinearProbe(nn.Module):
+    """Standardise features with the train statistics, then one linear layer."""
+
+    def __init__(self, mean: Tensor, std: Tensor, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.linear = nn.Linear(len(mean), num_classes)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear((features - self.mean) / self.std)
+
+
+def train_linear_probe(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    *,
+    steps: int = PROBE_STEPS,
+    lr: float = 0.01,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> LinearProbe:
+    """Fit a linear classifier on cached features, full-batch AdamW with cosine decay.
+
+    Full batch because the features fit in memory and it makes the result
+    depend on the seed only through the initialisation.
+
+    Example:
+        >>> x = torch.cat([torch.randn(20, 4) + 5, torch.randn(20, 4) - 5])
+        >>> y = torch.tensor([0] * 20 + [1] * 20)
+        >>> probe = train_linear_probe(x, y, 2, steps=50)
+        >>> (probe(x).argmax(1) == y).float().mean().item()
+        1.0
+    """
+    features = features.float()
+    generator = torch.Generator().manual_seed(seed)
+    probe = LinearProbe(features.mean(0), features.std(0).clamp_min(1e-6), num_classes)
+    with torch.no_grad():
+        probe.linear.weight.copy_(torch.randn(probe.linear.weight.shape, generator=generator) * 0.01)
+        probe.linear.bias.zero_()
+    optimizer = torch.optim.AdamW(probe.linear.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(probe(features), labels).backward()
+        optimizer.step()
+        schedule.step()
+    return probe.eval()
+
+
+def top1(predictions: Tensor, labels: Tensor) -> float:
+    """Share of correct predictions."""
+    return float((predictions == labels).float().mean())
+
+
+# ---------------------------------------------------------------- encoders and data
+
+
+@dataclass(frozen=True)
+class LoadedEncoder:
+    """An encoder ready to judge, with what describes it."""
+
+    module: nn.Module
+    name: str
+    task: str
+    arch: str
+    image_size: int | None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def open_encoder(encoder: str, arch: str | None = None, seed: int = 0) -> LoadedEncoder:
+    """Load an exported encoder, or build a seeded random one for ``"none"``.
+
+    Raises:
+        EncoderFileError: a missing or mismatched encoder file.
+        ConfigError: ``arch`` differs from the file's.
+    """
+    if encoder == "none":
+        arch = arch or "resnet18"
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            module = build_encoder(arch)
+        return LoadedEncoder(module, "none", "none", arch, None)
+    info = read_encoder_info(encoder)
+    if arch is not None and arch != info.arch:
+        raise ConfigError(f"{encoder} holds a {info.arch!r} encoder but --arch {arch} was given.")
+    return LoadedEncoder(load_encoder(encoder), str(encoder), info.task, info.arch, info.image_size,
+                         info.mean, info.std)
+
+
+def labelled_split(
+    data: str | None, val_data: str | None, image_size: int, *, limit: int | None = None,
+    seed: int = 0, num_workers: int = 0, cache: bool = True,
+) -> Split:
+    """Labelled train/val images, chosen as ``selfsup finetune`` chooses them.
+
+    Without ``val_data`` a folder gives up a seeded 20 % for validation;
+    ``data=None`` gives the built-in glyph train and val splits.
+    """
+    split = load_split(data, image_size, val_data=val_data, val_fraction=FinetuneConfig.val_fraction,
+                       limit=limit, labelled=True, seed=seed, num_workers=num_workers, cache=cache)
+    if split.val is None or len(split.val) == 0 or split.val.labels is None:
+        raise DataError("evaluation needs labelled validation images: give --val-data.")
+    return split
+
+
+def label_subset(train: DecodedImages, fraction: float, seed: int) -> DecodedImages:
+    """A seeded, class-balanced share of ``train`` (the same one ``finetune`` draws)."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"--label-fraction must be in (0, 1], got {fraction}.")
+    if fraction == 1:
+        return train
+    assert train.labels is not None
+    return train.subset(stratified_subset(len(train), train.labels, fraction=fraction, seed=seed))
+
+
+# ---------------------------------------------------------------- protocols on cached features
+
+
+def frozen_protocols(
+    encoder: LoadedEncoder,
+    train: DecodedImages,
+    val: DecodedImages,
+    protocols: tuple[str, ...] = ("knn", "linear"),
+    *,
+    label_fraction: float = 1.0,
+    seed: int = 0,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    probe_steps: int = PROBE_STEPS,
+    batch_size: int = 256,
+) -> list[EvalResult]:
+    """Run the frozen-feature protocols, computing the features once for all.
+
+    Args:
+        encoder: From :func:`open_encoder`.
+        train: Labelled train images (the kNN bank / probe training set).
+        val: Labelled validation images.
+        protocols: Any of ``knn`` and ``linear``.
+        label_fraction: Use a seeded, class-balanced share of ``train``.
+
+    Returns:
+        One :class:`EvalResult` per protocol; ``seconds`` includes the
+        feature extraction (shared time is counted in each).
+    """
+    unknown = set(protocols) - {"knn", "linear"}
+    if unknown:
+        raise ConfigError(f"not a frozen-feature protocol: {', '.join(sorted(unknown))}.")
+    assert val.labels is not None
+    labelled = label_subset(train, label_fraction, seed)
+    assert labelled.labels is not None
+    num_classes = max(len(train.classes), int(labelled.labels.max()) + 1, int(val.labels.max()) + 1)
+    started = time.perf_counter()
+    bank = extract_features(encoder.module, labelled.images, mean=encoder.mean, std=encoder.std,
+                            batch_size=batch_size)
+    queries = extract_features(encoder.module, val.images, mean=encoder.mean, std=encoder.std,
+                               batch_size=batch_size)
+    feature_seconds = time.perf_counter() - started
+    common = {"encoder": encoder.name, "task": encoder.task, "arch": encoder.arch,
+              "image_size": train.image_size, "label_fraction": label_fraction, "seed": seed}
+    results = []
+    for protocol in protocols:
+        begun = time.perf_counter()
+        if protocol == "knn":
+            predicted = knn_predict(bank, labelled.labels, queries, num_classes, k=k, temperature=temperature)
+            details: dict[str, Any] = {"k": min(k, len(bank)), "temperature": temperature,
+                                       "bank_size": len(bank)}
+        else:
+            probe = train_linear_probe(bank, labelled.labels, num_classes, steps=probe_steps, seed=seed)
+            with torch.no_grad():
+                predicted = probe(queries).argmax(1)
+            details = {"optimizer": "AdamW full-batch, cosine", "steps": probe_steps,
+                       "standardised": True, "train_images": len(bank)}
+        seconds = feature_seconds + time.perf_counter() - begun
+        details.update(val_images=len(val), feature_dim=int(bank.shape[1]), feature_seconds=feature_seconds)
+        results.append(EvalResult(protocol=protocol, top1=top1(predicted, val.labels), seconds=seconds,
+                                  details=details, **common))
+    return results
+
+
+# ---------------------------------------------------------------- the one-call API
+
+
+def evaluate(
+    encoder: str,
+    protocol: str,
+    *,
+    arch: str | None = None,
+    data: str | None = None,
+    val_data: str | None = None,
+    label_fraction: float = 1.0,
+    max_epochs: int | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate one encoder with one protocol and append the result to ``results.jsonl``.
+
+    Args:
+        encoder: An ``encoder.safetensors`` (or its folder), or ``"none"``
+            for a randomly initialised encoder of ``arch`` (seeded).
+        protocol: ``knn``, ``linear`` or ``finetune``.
+        arch: Architecture; default the encoder file's (``resnet18`` for ``none``).
+        data: Labelled train folder; ``None`` for the built-in glyphs.
+        val_data: Labelled validation folder (otherwise 20 % of ``data``).
+        label_fraction: Seeded, class-balanced share of train labels used.
+        max_epochs: Fine-tune epochs (``finetune`` only).
+        seed: Label subset, random encoder and training seed.
+        image_size: Default: the encoder's, else as ``selfsup finetune`` picks.
+        batch_size: Batch size of training / feature extraction.
+        limit: Seeded subset of N train images.
+        out: Run folder; results are appended to ``out/results.jsonl``.
+
+    Example:
+        >>> result = evaluate("none", "knn", arch="tiny", limit=100)  # doctest: +SKIP
+        >>> result.as_dict()["k"]
+        20
+    """
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}.")
+    run_dir = Path(out) if out is not None else new_run_dir(f"evaluate-{protocol}")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a folder.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if protocol == "finetune":
+        result = _finetune_protocol(encoder, arch=arch, data=data, val_data=val_data,
+                                    label_fraction=label_fraction, max_epochs=max_epochs, seed=seed,
+                                    image_size=image_size, batch_size=batch_size, limit=limit,
+                                    run_dir=run_dir, progress=progress)
+    else:
+        loaded = open_encoder(encoder, arch, seed)
+        settings = resolve_defaults(FinetuneConfig(data=data, image_size=image_size or loaded.image_size,
+                                                   batch_size=batch_size, max_epochs=1), "finetune")
+        assert settings.image_size is not None and settings.num_workers is not None
+        split = labelled_split(data, val_data, settings.image_size, limit=limit, seed=seed,
+                               num_workers=settings.num_workers)
+        assert split.val is not None
+        (result,) = frozen_protocols(loaded, split.train, split.val, (protocol,),
+                                     label_fraction=label_fraction, seed=seed,
+                                     batch_size=max(256, settings.batch_size or 0))
+        result.details["data"] = split.source
+    result.seconds = time.perf_counter() - started
+    append_result(run_dir / RESULTS_NAME, result)
+    return result
+
+
+def _finetune_protocol(encoder: str, *, arch: str | None, data: str | None, val_data: str | None,
+                       label_fraction: float, max_epochs: int | None, seed: int, image_size: int | None,
+                       batch_size: int | None, limit: int | None, run_dir: Path,
+                       progress: bool) -> EvalResult:
+    from selfsup_core.finetune import finetune  # Lightning import: only when fine-tuning
+
+    task = "none" if encoder == "none" else read_encoder_info(encoder).task
+    tag = "none" if encoder == "none" else task
+    outcome = finetune(encoder=encoder, arch=arch, data=data, val_data=val_data,
+                       label_fraction=label_fraction, max_epochs=max_epochs, seed=seed,
+                       image_size=image_size, batch_size=batch_size, limit=limit, progress=progress,
+                       out=str(new_run_dir(f"finetune-{tag}-seed{seed}", root=run_dir)))
+    config = json.loads((outcome.run_dir / "results.json").read_text())
+    recorded = _read_config(outcome.run_dir)
+    return EvalResult(
+        protocol="finetune", encoder=str(encoder), task=task, arch=config["arch"],
+        image_size=int(recorded.get("image_size") or 0), label_fraction=label_fraction, seed=seed,
+        top1=outcome.val_acc, seconds=outcome.seconds,
+        details={"best_top1_optimistic": outcome.best_val_acc, "epochs": len(outcome.history),
+                 "train_images": outcome.train_images, "history": outcome.history,
+                 "finetune_run": str(outcome.run_dir)},
+    )
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+
+
+def append_result(path: Path, result: EvalResult) -> None:
+    """Append ``result`` as one JSON line (the file is a log: earlier lines stay)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(result.as_dict()) + "\n")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``selfsup evaluate``."""
+    parser.add_argument("--encoder", required=True, metavar="FILE|none",
+                        help="encoder.safetensors from pretrain, or 'none' for a random encoder")
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    parser.add_argument("--arch", help="architecture (default: the encoder's; resnet18 for none)")
+    parser.add_argument("--data", metavar="DIR", help="labelled train folder (default: built-in glyphs)")
+    parser.add_argument("--val-data", metavar="DIR", help="labelled val folder (default: 20%% of --data)")
+    parser.add_argument("--label-fraction", type=float, default=1.0,
+                        help="seeded, class-balanced share of the train labels (default: 1)")
+    parser.add_argument("--max-epochs", type=int, help="fine-tune epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--limit", type=int, help="seeded subset of N train images")
+    parser.add_argument("--out", metavar="DIR", help="run folder (default: a new one in runs/)")
+    parser.add_argument("--progress", action="store_true", help="show fine-tuning progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the result as one JSON line; returns the exit status."""
+    result = evaluate(args.encoder, args.protocol, arch=args.arch, data=args.data, val_data=args.val_data,
+                      label_fraction=args.label_fraction, max_epochs=args.max_epochs, seed=args.seed,
+                      image_size=args.image_size, batch_size=args.batch_size, limit=args.limit,
+                      out=args.out, progress=args.progress)
+    print(json.dumps(result.as_dict()))
+    return 0

@@ -1,0 +1,122 @@
+"""Evaluation protocols: kNN and linear probe on known features, and the three protocols end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_image_folder
+from selfsup_core.cli import main
+from selfsup_core.errors import ConfigError, EncoderFileError
+from selfsup_core.evaluate import (evaluate, extract_features, knn_predict, open_encoder,
+                                   train_linear_probe)
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[str, str]:
+    """Labelled train (3 x 8) and val (3 x 4) folders of 36 px glyph images."""
+    train = write_image_folder(tmp_path / "train", per_class=8, size=36)
+    val = write_image_folder(tmp_path / "val", per_class=4, size=36, seed=1)
+    return str(train), str(val)
+
+
+def _clusters(n: int, centres: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(len(centres)).repeat_interleave(n)
+    return centres[labels] + 0.1 * torch.randn(len(labels), centres.shape[1], generator=generator), labels
+
+
+def test_knn_is_perfect_on_separable_clusters() -> None:
+    centres = torch.eye(5, 16) * 3
+    bank, bank_labels = _clusters(30, centres, seed=0)
+    queries, labels = _clusters(10, centres, seed=1)
+    assert torch.equal(knn_predict(bank, bank_labels, queries, 5, chunk=7), labels)
+
+
+def test_knn_uses_cosine_not_euclidean_distance() -> None:
+    # Same direction, far away in Euclidean terms: cosine similarity calls it identical.
+    bank = torch.tensor([[100.0, 0.0], [0.0, 1.0]])
+    assert knn_predict(bank, torch.tensor([0, 1]), torch.tensor([[0.1, 0.02]]), 2, k=1).tolist() == [0]
+
+
+def test_knn_temperature_weights_the_nearest_neighbour() -> None:
+    # One neighbour of class 0 at cosine 0.99, two of class 1 at cosine 0.5.
+    angle = math.acos(0.5)
+    bank = torch.tensor([[0.99, math.sqrt(1 - 0.99**2)], [math.cos(angle), math.sin(angle)],
+                         [math.cos(angle), -math.sin(angle)]])
+    labels, query = torch.tensor([0, 1, 1]), torch.tensor([[1.0, 0.0]])
+    # exp(0.99 / 0.07) outweighs 2 exp(0.5 / 0.07); with a flat temperature the majority wins.
+    assert knn_predict(bank, labels, query, 2, k=3, temperature=0.07).tolist() == [0]
+    assert knn_predict(bank, labels, query, 2, k=3, temperature=100.0).tolist() == [1]
+
+
+def test_linear_probe_learns_separable_features() -> None:
+    centres = torch.randn(4, 32, generator=torch.Generator().manual_seed(0)) * 2 + 50  # far off zero: needs standardising
+    train, train_labels = _clusters(25, centres, seed=0)
+    val, val_labels = _clusters(10, centres, seed=1)
+    probe = train_linear_probe(train, train_labels, 4, steps=100)
+    assert torch.equal(probe(val).argmax(1), val_labels)
+
+
+def test_random_encoder_is_seeded_and_features_are_frozen() -> None:
+    a, b, c = (open_encoder("none", "tiny", seed=s).module for s in (1, 1, 2))
+    assert torch.equal(a.blocks[0][0].weight, b.blocks[0][0].weight)
+    assert not torch.equal(a.blocks[0][0].weight, c.blocks[0][0].weight)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    a.train()
+    first = extract_features(a, images, batch_size=4)
+    assert a.training  # mode restored
+    assert torch.allclose(first[:2], extract_features(a, images[:2]), atol=1e-5)  # eval mode: no batch effect
+
+
+@pytest.mark.parametrize("protocol", ["knn", "linear"])
+def test_frozen_protocols_through_the_library(protocol: str, folders: tuple[str, str], tmp_path: Path) -> None:
+    result = evaluate("none", protocol, arch="tiny", data=folders[0], val_data=folders[1], image_size=32,
+                      label_fraction=0.5, seed=3, out=tmp_path / "ev")
+    row = result.as_dict()
+    assert 0 <= row["top1"] <= 1 and row["val_images"] == 12 and row["image_size"] == 32
+    assert (row["protocol"], row["encoder"], row["task"], row["arch"], row["seed"]) == (protocol, "none", "none", "tiny", 3)
+    if protocol == "knn":
+        assert (row["k"], row["temperature"], row["bank_size"]) == (12, 0.07, 12)  # k capped at the bank
+    else:
+        assert row["train_images"] == 12 and row["steps"] == 300
+
+
+def test_cli_prints_json_and_appends_results(folders: tuple[str, str], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ev"
+    base = ["evaluate", "--encoder", "none", "--arch", "tiny", "--data", folders[0], "--val-data", folders[1],
+            "--image-size", "32", "--out", str(out)]
+    assert main([*base, "--protocol", "finetune", "--max-epochs", "1", "--batch-size", "8",
+                 "--label-fraction", "0.5", "--seed", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["protocol"] == "finetune" and printed["train_images"] == 12 and printed["epochs"] == 1
+    assert printed["top1"] == printed["history"][-1] and printed["label_fraction"] == 0.5
+    assert printed["seconds"] > 0 and printed["image_size"] == 32
+    assert main([*base, "--protocol", "knn"]) == 0
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [line["protocol"] for line in lines] == ["finetune", "knn"]
+
+
+def test_pretrained_encoder_records_its_task(folders: tuple[str, str], tmp_path: Path) -> None:
+    assert main(["pretrain", "--task", "rotation", "--arch", "tiny", "--image-size", "32", "--batch-size", "8",
+                 "--data", folders[0], "--max-epochs", "1", "--no-progress", "--out", str(tmp_path / "pre")]) == 0
+    result = evaluate(str(tmp_path / "pre" / "encoder.safetensors"), "knn", data=folders[0],
+                      val_data=folders[1], out=tmp_path / "ev")
+    assert (result.task, result.arch, result.image_size) == ("rotation", "tiny", 32)
+    with pytest.raises(ConfigError):
+        evaluate(str(tmp_path / "pre"), "knn", arch="resnet18", data=folders[0], val_data=folders[1])
+
+
+def test_user_errors_exit_1(folders: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--encoder", str(tmp_path / "missing.safetensors"), "--protocol", "knn",
+                 "--data", folders[0], "--val-data", folders[1]]) == 1
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        evaluate("none", "knn", arch="tiny", data=folders[0], val_data=folders[1], label_fraction=0)
+    with pytest.raises(EncoderFileError):
+        open_encoder(str(tmp_path / "nowhere"))
