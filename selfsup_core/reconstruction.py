@@ -38,7 +38,7 @@ class ReconstructionTask(PretextTask):
 
     reconstructs = True
 
-    def __init__(self, drop_skips: int = 1, residual: bool = False, **options: Any) -> None:
+    def __init__(self, drop_skips: int = 0, residual: bool = False, **options: Any) -> None:
         if not isinstance(drop_skips, int) or isinstance(drop_skips, bool) or drop_skips < 0:
             raise ValueError(f"drop_skips must be a non-negative integer, got {drop_skips!r}")
         if not isinstance(residual, bool):

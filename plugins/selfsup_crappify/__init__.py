@@ -79,7 +79,7 @@ class CrappifyTask(ReconstructionTask):
         jpeg_p: float = 0.8,
         jpeg_quality: int | Sequence[int] = (10, 60),
         loss: str = "l1",
-        drop_skips: int = 1,
+        drop_skips: int = 0,
         residual: bool = True,
         bank_size: int = 64,
     ) -> None:

@@ -101,7 +101,7 @@ class CutoutTask(ReconstructionTask):
         aspect: float | Sequence[float] = (0.3, 3.3),
         fill: str = "noise",
         whole_weight: float = 0.1,
-        drop_skips: int = 1,
+        drop_skips: int = 0,
         residual: bool = False,
     ) -> None:
         boxes_range = check_range("boxes", boxes, 1, 32, integer=True)
