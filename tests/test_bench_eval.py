@@ -1,0 +1,32 @@
+"""Smoke test of ``selfsup bench eval`` on a generated image folder (the real run is never a test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from selfsup_core.cli import main
+from conftest import write_image_folder
+
+
+def test_bench_eval_writes_table_and_json(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "nette"
+    write_image_folder(root / "train", per_class=8, size=36)
+    write_image_folder(root / "val", per_class=4, size=36, seed=1)
+    out = tmp_path / "bench"
+    assert main(["bench", "eval", "--data", str(root), "--tasks", "rotation", "--arch", "tiny",
+                 "--image-size", "32", "--batch-size", "8", "--pretrain-epochs", "1",
+                 "--finetune-epochs", "1", "--seeds", "2", "--label-fraction", "0.5", "--limit", "18",
+                 "--task-option", "rotation:num_transforms=6", "--num-workers", "0", "--out", str(out)]) == 0
+    table = (out / "bench_eval.md").read_text()
+    assert "random init" in table and "rotation num_transforms=6" in table
+    report = json.loads((out / "bench_eval.json").read_text())
+    assert [r["encoder"] for r in report["rows"]] == ["random init", "rotation"]
+    assert len(report["rows"][1]["finetune"]["values"]) == 2 and "beats" in report["rows"][1]["knn"]
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 + 2 + 2 + 2  # random kNN+linear per seed, random FT x2, task kNN+linear, FT x2
+
+
+def test_bench_eval_missing_data_is_one_line_error(tmp_path: Path, capsys) -> None:
+    assert main(["bench", "eval", "--data", str(tmp_path / "nowhere")]) == 1
+    assert "train/ and val/" in capsys.readouterr().err
