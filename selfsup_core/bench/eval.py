@@ -55,6 +55,7 @@ import yaml
 from selfsup_core.errors import ConfigError, DataError
 from selfsup_core.evaluate import (RESULTS_NAME, append_result, frozen_protocols,
                                    labelled_split, open_encoder)
+from selfsup_core.registry import create_task
 from selfsup_core.runs import new_run_dir, package_versions, write_json
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Row:
 
     encoder: str
     task_options: dict[str, Any] = field(default_factory=dict)
+    resolved_options: dict[str, Any] = field(default_factory=dict)
     pretrain_epochs: int = 0
     pretrain_seconds: float = 0.0
     pretrain_metrics: dict[str, float] = field(default_factory=dict)
@@ -202,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
         logger.info("pretraining %s for %d epochs", task, epochs)
         pre = pretrain(task=task, task_options=options.get(task, {}), data=str(train_dir),
                        max_epochs=epochs, seed=0, out=str(out / f"pretrain-{task}"), overwrite=True, **common)
-        row = Row(task, options.get(task, {}), epochs, pre.seconds, pre.metrics)
+        # Every option the task ran with, defaults included: defaults change between versions.
+        resolved = dict(create_task(task, **options.get(task, {})).options)
+        row = Row(task, options.get(task, {}), resolved, epochs, pre.seconds, pre.metrics)
         frozen_rows(str(pre.encoder_path), row, 0)
         finetune_rows(str(pre.encoder_path), row, task)
         rows.append(row)
@@ -244,6 +248,7 @@ def _spread(values: list[float]) -> float:
 def summarise(row: Row, baseline: Row) -> dict[str, Any]:
     """Means, seed ranges, gains over the random encoder and the beats verdicts of one row."""
     summary: dict[str, Any] = {"encoder": row.encoder, "task_options": row.task_options,
+                               "resolved_task_options": row.resolved_options,
                                "pretrain_epochs": row.pretrain_epochs, "pretrain_seconds": row.pretrain_seconds,
                                "pretrain_metrics": row.pretrain_metrics}
     for protocol in ("knn", "linear", "finetune", "finetune_full"):
