@@ -174,7 +174,7 @@ class _Bench:
             "steps": a.steps, "data_steps": a.data_steps, "repeats": a.repeats,
             "device": str(self.device),
             "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
-                            else platform.processor() or platform.machine()),
+                            else _cpu_name()),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "precision": "bf16-autocast" if self.bf16 else "fp32", "torch": torch.__version__,
         }
@@ -381,6 +381,17 @@ def _forever(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
             yield from iterator
         finally:
             del iterator  # shuts the workers down when the generator is closed
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _count(inputs: Tensor | tuple[Tensor, ...]) -> int:
