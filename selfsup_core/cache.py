@@ -66,6 +66,7 @@ DECODERS: dict[str, str] = {
 
 _ARRAY, _META, _MARKER = "images.u8", "meta.json", "COMPLETE"
 _SAMPLES = 16  # images hashed into the marker: catches garbage without reading it all
+_LEFTOVER_AGE_S = 24 * 3600  # a temporary folder this old belongs to a run that died
 
 
 def default_cache_dir() -> Path:
@@ -244,6 +245,7 @@ def _build_entry(
     entry: Path, key: str, image_list: ImageList, size: int, decoder: str, num_workers: int
 ) -> DecodedImages:
     entry.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(entry.parent)
     tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".tmp-{entry.name}-"))
     try:
         start = time.perf_counter()
@@ -314,6 +316,18 @@ def _discard(entry: Path) -> None:
     except FileNotFoundError:
         return  # someone else removed it
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_leftovers(folder: Path, older_than_s: float = _LEFTOVER_AGE_S) -> None:
+    """Delete half-built or discarded entries of runs that were killed long ago."""
+    cutoff = time.time() - older_than_s
+    for path in folder.glob(".*-*"):
+        if path.name.startswith((".tmp-", ".trash-")):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    shutil.rmtree(path, ignore_errors=True)
+            except FileNotFoundError:
+                pass
 
 
 def _decode_into(out: Tensor, image_list: ImageList, size: int, decoder: str,

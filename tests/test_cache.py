@@ -305,3 +305,28 @@ def test_nvjpeg_cache(folder: Path, cache_dir: Path) -> None:
     pil = decode_images(images, SIZE)
     assert (built.images.float() - pil.images.float()).abs().mean() < 20
     assert len(entries(cache_dir)) == 1
+
+
+def test_leftovers_of_killed_runs_are_removed(folder: Path, cache_dir: Path) -> None:
+    decoded = cache_dir / "decoded"
+    old, recent = decoded / ".tmp-x-old", decoded / ".tmp-x-recent"
+    for path in (old, recent):
+        path.mkdir(parents=True)
+        (path / "images.u8").write_bytes(b"half")
+    os.utime(old, (0, 0))  # long ago
+    load_decoded(scan_folder(folder), SIZE)
+    assert not old.exists()
+    assert recent.exists()  # may belong to a run still building
+
+
+def test_runs_see_the_same_data_with_and_without_the_cache(folder: Path, cache_dir: Path) -> None:
+    """What pretrain and finetune load (sources.load_split): same images, labels, order."""
+    sources = pytest.importorskip("selfsup_core.sources")
+    options = dict(val_fraction=0.34, labelled=True, seed=3)
+    cached = sources.load_split(str(folder), SIZE, cache=True, **options)
+    again = sources.load_split(str(folder), SIZE, cache=True, **options)
+    uncached = sources.load_split(str(folder), SIZE, cache=False, **options)
+    assert entries(cache_dir)
+    for split in ("train", "val"):
+        assert_same(getattr(cached, split), getattr(uncached, split))
+        assert_same(getattr(again, split), getattr(uncached, split))
