@@ -118,7 +118,8 @@ def load_decoded(
     Either way the result holds the same images, labels and order as
     :func:`selfsup_core.data.decode_images` for the same decoder. Files that
     do not decode are left out, listed in ``skipped`` and reported (also on
-    cache hits).
+    cache hits). A cache folder that cannot be written is logged and the
+    images decoded into RAM instead.
 
     Args:
         image_list: The files (from :func:`selfsup_core.data.scan_folder`).
@@ -159,7 +160,12 @@ def load_decoded(
     if loaded is not None:
         logger.info("decode cache hit: %s (%d images)", entry, len(loaded))
         return loaded
-    return _build_entry(entry, key, image_list, size, decoder, num_workers)
+    try:
+        return _build_entry(entry, key, image_list, size, decoder, num_workers)
+    except OSError as exc:  # a read-only or full cache folder must not stop the run
+        logger.warning("cannot write the decode cache under %s (%s): decoding into memory instead; "
+                       "set %s to a writable folder", root, exc, CACHE_DIR_ENV)
+        return load_decoded(image_list, size, num_workers, cache=False, decoder=decoder)
 
 
 # -- reading -----------------------------------------------------------------------

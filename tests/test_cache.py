@@ -330,3 +330,15 @@ def test_runs_see_the_same_data_with_and_without_the_cache(folder: Path, cache_d
     for split in ("train", "val"):
         assert_same(getattr(cached, split), getattr(uncached, split))
         assert_same(getattr(again, split), getattr(uncached, split))
+
+
+def test_an_unwritable_cache_folder_falls_back_to_memory(
+    folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    images = scan_folder(folder)
+    with caplog.at_level("WARNING"):
+        result = load_decoded(images, SIZE, cache_dir=blocker)
+    assert "cannot write the decode cache" in caplog.text
+    assert_same(result, decode_images(images, SIZE))
