@@ -76,10 +76,20 @@ def test_text_bank_is_a_non_persistent_buffer_with_ink() -> None:
 def test_text_step_only_touches_images_that_drew_it() -> None:
     torch.manual_seed(2)
     images = torch.rand(16, 3, 32, 32)
-    batch = CrappifyTask(**{**OFF, "text_p": 0.5}).make_batch(images)
-    changed = (batch.inputs != images).flatten(1).any(1)
+    # Noise on every image first, so the text flags are free to vary.
+    task = CrappifyTask(**{**OFF, "text_p": 0.5, "noise_p": 1.0, "noise_std": 0.0})
+    batch = task.make_batch(images)
+    changed = (batch.inputs != images.clamp(0, 1)).flatten(1).any(1)
     assert torch.equal(changed, batch.extras["text"])
     assert 0 < changed.sum() < 16
+
+
+def test_every_image_is_degraded_at_least_once() -> None:
+    torch.manual_seed(4)
+    images = torch.rand(64, 3, 32, 32)
+    batch = CrappifyTask(**{**OFF, "text_p": 0.1}).make_batch(images)
+    assert batch.extras["text"].all()
+    assert (batch.inputs != images).flatten(1).any(1).all()
 
 
 def test_jpeg_step_uses_the_drawn_qualities() -> None:

@@ -117,6 +117,7 @@ class CrappifyTask(ReconstructionTask):
         self.register_buffer("text_bank", bank, persistent=False)
 
     def _draw(self, name: str, n: int, device: torch.device) -> Tensor:
+        """Per-image flags: does step ``name`` (e.g. ``"jpeg_p"``) hit each image?"""
         return torch.rand(n, device=device) < self.probs[name]
 
     def degrade(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -127,25 +128,33 @@ class CrappifyTask(ReconstructionTask):
         and a bool ``text`` flag.
         """
         n, device = len(images), images.device
+        # Draw which steps hit each image first, then make sure every image
+        # gets at least one: an untouched image teaches only the identity and
+        # its input PSNR is unbounded, which would swamp the batch mean.
+        hits = {name: self._draw(name, n, device) for name in self.probs}
+        enabled = [name for name in ("jpeg_p", "noise_p", "resize_p", "text_p") if self.probs[name] > 0]
+        if enabled:
+            untouched = ~torch.stack(list(hits.values())).any(dim=0)
+            hits[enabled[0]] = hits[enabled[0]] | untouched
         x = images
         lo, hi = self.ranges["resize_factor"]
         factor = torch.empty(n, device=device).uniform_(math.log(lo), math.log(hi)).exp()
-        factor = torch.where(self._draw("resize_p", n, device), factor, torch.ones_like(factor))
+        factor = torch.where(hits["resize_p"], factor, torch.ones_like(factor))
         if self.probs["resize_p"] > 0:
             x = down_up(x, factor)
         std = torch.empty(n, device=device).uniform_(*self.ranges["noise_std"])
-        std = std * self._draw("noise_p", n, device)
+        std = std * hits["noise_p"]
         if self.probs["noise_p"] > 0:
             x = x + torch.randn_like(x) * std.to(x.dtype)[:, None, None, None]
         x = x.clamp(0, 1)
-        text = self._draw("text_p", n, device)
+        text = hits["text_p"]
         if self.probs["text_p"] > 0:
             x = overlay_text(
                 x, self.text_bank, self.ranges["text_marks"], self.ranges["text_height"], apply=text
             )
         lo_q, hi_q = self.ranges["jpeg_quality"]
         quality = torch.randint(lo_q, hi_q + 1, (n,), device=device)
-        compressed = self._draw("jpeg_p", n, device)
+        compressed = hits["jpeg_p"]
         if self.probs["jpeg_p"] > 0:
             x = torch.where(compressed[:, None, None, None], jpeg(x, quality), x)
         quality = torch.where(compressed, quality, torch.full_like(quality, 100))
