@@ -51,10 +51,12 @@ def test_pretrain_then_finetune_both_ways(tmp_path: Path, capsys: pytest.Capture
     assert "val accuracy (final epoch)" in printed and "best epoch" in printed
 
 
-def test_finetune_starts_from_the_pretrained_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("task", ["rotation", "crappify"])
+def test_finetune_starts_from_the_pretrained_weights(tmp_path: Path, task: str) -> None:
     from selfsup_core.classifier import ClassifierModule
 
-    assert pretrain_tiny(tmp_path / "pre") == 0
+    assert pretrain_tiny(tmp_path / "pre", "--task", task) == 0
+    assert json.loads((tmp_path / "pre" / "encoder.json").read_text())["task"] == task
     saved = safetensors.torch.load_file(tmp_path / "pre" / "encoder.safetensors")
     module = ClassifierModule(num_classes=3, arch="tiny", encoder_path=str(tmp_path / "pre"))
     for name, value in module.encoder.state_dict().items():
