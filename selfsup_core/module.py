@@ -18,6 +18,7 @@ from selfsup_core.task import PretextBatch, PretextTask, map_inputs
 logger = logging.getLogger(__name__)
 
 PREVIEW_IMAGES = 8
+PREVIEW_MIN_SIZE = 96
 VAL_SEED = 12345
 
 
@@ -94,7 +95,11 @@ class PretextModule(ImageModule):
         n = min(PREVIEW_IMAGES, len(next(iter(columns.values()))))
         # One row per image: input | restored | original ...
         tiles = torch.stack([c[:n].detach().float().clamp(0, 1).cpu() for c in columns.values()], 1)
-        grid = torchvision.utils.make_grid(tiles.flatten(0, 1), nrow=len(columns), padding=2)
+        tiles = tiles.flatten(0, 1)
+        if tiles.shape[-1] < PREVIEW_MIN_SIZE:  # small images: enlarge, pixels kept sharp
+            scale = -(-PREVIEW_MIN_SIZE // tiles.shape[-1])
+            tiles = torch.nn.functional.interpolate(tiles, scale_factor=scale, mode="nearest")
+        grid = torchvision.utils.make_grid(tiles, nrow=len(columns), padding=2)
         if self.hparams["preview_dir"]:
             folder = Path(self.hparams["preview_dir"])
             folder.mkdir(parents=True, exist_ok=True)

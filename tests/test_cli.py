@@ -170,3 +170,18 @@ def test_tasks_marks_conflicts_and_broken_plugins(monkeypatch: pytest.MonkeyPatc
     assert main(["pretrain", "--task", "rotation"]) == 1
     err = capsys.readouterr().err
     assert "other-dist" in err and "SELFSUP_DISABLE_PLUGINS" in err
+
+
+def test_reconstruction_writes_preview_grids(tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "run"
+    assert pretrain_tiny(out, "--task", "cutout", "--max-epochs", "2") == 0
+    grids = sorted((out / "previews").glob("epoch_*.png"))
+    assert [g.name for g in grids] == ["epoch_000.png", "epoch_001.png"]
+    with Image.open(grids[0]) as grid:
+        # 8 rows of input | restored | original, 32 px tiles enlarged 3x, 2 px padding.
+        assert grid.size == (3 * (96 + 2) + 2, 8 * (96 + 2) + 2)
+    # A classification task writes none.
+    assert pretrain_tiny(tmp_path / "rot") == 0
+    assert not (tmp_path / "rot" / "previews").exists()
