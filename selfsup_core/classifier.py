@@ -11,6 +11,7 @@ from selfsup_core.encoders import build_encoder
 from selfsup_core.export import load_encoder
 from selfsup_core.lightning_base import ImageModule
 from selfsup_core.task import accuracy
+from selfsup_core.threads import one_cpu_thread
 
 
 class ClassifierModule(ImageModule):
@@ -61,7 +62,9 @@ class ClassifierModule(ImageModule):
         images, labels = batch
         if self.hparams["freeze_encoder"]:
             self.encoder.eval()  # frozen BatchNorm statistics too
-        logits = self(self.augment(images))
+        with one_cpu_thread(self.device):
+            images = self.augment(images)
+        logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/acc", accuracy(logits, labels), prog_bar=True, on_step=False, on_epoch=True)

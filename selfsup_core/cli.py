@@ -63,6 +63,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", default=s, help="reuse a non-empty --out")
     parser.add_argument("--no-cache", dest="cache", action="store_false", default=s,
                         help="decode images every run instead of using the decode cache")
+    parser.add_argument("--data-on-device", action=argparse.BooleanOptionalAction, default=s,
+                        help="keep decoded images in GPU memory (default: when they fit)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=s)
 
 

@@ -39,6 +39,7 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False
     cache: bool = True
+    data_on_device: bool | None = None
     progress: bool = True
 
 

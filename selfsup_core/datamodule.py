@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from selfsup_core.data import DecodedImages
+from selfsup_core.threads import one_cpu_thread
 
 NO_LABEL = -1
 
@@ -25,7 +26,8 @@ class BatchedImages(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
     def __init__(self, data: DecodedImages) -> None:
         self.images = data.images
         n = len(data.images)
-        self.labels = data.labels if data.labels is not None else torch.full((n,), NO_LABEL)
+        missing = torch.full((n,), NO_LABEL, device=data.images.device)
+        self.labels = data.labels if data.labels is not None else missing
 
     def __len__(self) -> int:
         return len(self.images)
@@ -35,8 +37,16 @@ class BatchedImages(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         # One gather per batch instead of one tensor per image plus a collate.
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[index], self.labels[index]
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
+        with one_cpu_thread(self.images.device):
+            return self.images[index], self.labels[index]
+
+
+def _keep_on_device(data: DecodedImages, device: torch.device, wanted: bool | None) -> bool:
+    if wanted is not None:
+        return wanted
+    free, _ = torch.cuda.mem_get_info(device)
+    return data.images.numel() < free // 4
 
 
 def _keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -52,6 +62,10 @@ class ImageDataModule(pl.LightningDataModule):
         batch_size: Images per batch.
         seed: Seeds the shuffling, so a run sees the same order every time.
         num_workers: Loader processes; 0 is right for in-memory data.
+        on_device: Keep the decoded uint8 images in accelerator memory and
+            sample batches there, with no loader workers and no copies
+            (ignored on a CPU). ``None``: when they fit in a quarter of the
+            free memory.
     """
 
     def __init__(
@@ -61,14 +75,28 @@ class ImageDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         seed: int = 0,
         num_workers: int = 0,
+        on_device: bool | None = None,
     ) -> None:
         super().__init__()
+        self.on_device = on_device
+        self._resident: dict[int, DecodedImages] = {}
         self.train_data, self.val_data = train, val
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
 
+    def _placed(self, data: DecodedImages) -> DecodedImages:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type != "cuda" or not _keep_on_device(data, device, self.on_device):
+            return data
+        if id(data) not in self._resident:
+            labels = None if data.labels is None else data.labels.to(device)
+            self._resident[id(data)] = DecodedImages(data.images.to(device), labels, data.classes, data.skipped)
+        return self._resident[id(data)]
+
     def _loader(self, data: DecodedImages, shuffle: bool) -> torch.utils.data.DataLoader:
+        data = self._placed(data)
+        on_device = data.images.device.type != "cpu"
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return torch.utils.data.DataLoader(
             BatchedImages(data),
@@ -77,9 +105,9 @@ class ImageDataModule(pl.LightningDataModule):
             generator=generator,
             # Keep full batches in training (BatchNorm dislikes a batch of 1).
             drop_last=shuffle and len(data) > self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=0 if on_device else self.num_workers,
             collate_fn=_keep_batch,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and not on_device,
         )
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:

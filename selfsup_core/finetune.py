@@ -102,7 +102,8 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Finetune
         encoder_path=None if config.encoder == "none" else config.encoder,
         image_size=config.image_size, lr=config.lr, weight_decay=config.weight_decay,
     )
-    data = ImageDataModule(train, split.val, batch_size=config.batch_size, seed=config.seed)
+    data = ImageDataModule(train, split.val, batch_size=config.batch_size, seed=config.seed,
+                           on_device=config.data_on_device)
     record_run(run_dir, {"job": "finetune", **dataclasses.asdict(config), "train_images": len(train)})
     trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,
                             precision=config.precision, progress=config.progress)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD
+from selfsup_core.threads import one_cpu_thread
 
 
 class ImageModule(pl.LightningModule):
@@ -40,7 +41,8 @@ class ImageModule(pl.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
-        return images.float().div_(255), labels
+        with one_cpu_thread(images.device):
+            return images.float().div_(255), labels
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(

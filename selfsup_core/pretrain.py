@@ -76,7 +76,8 @@ def pretrain(config: PretrainConfig | None = None, **overrides: Any) -> Pretrain
         preview_dir=str(run_dir / "previews"), lr=config.lr, weight_decay=config.weight_decay,
         channels_last=_on_gpu(),
     )
-    data = ImageDataModule(split.train, split.val, batch_size=config.batch_size, seed=config.seed)
+    data = ImageDataModule(split.train, split.val, batch_size=config.batch_size, seed=config.seed,
+                           on_device=config.data_on_device)
     record_run(run_dir, {"job": "pretrain", **dataclasses.asdict(config),
                          "train_images": len(split.train), "skipped_images": len(split.train.skipped)})
     trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,

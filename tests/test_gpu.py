@@ -27,3 +27,16 @@ def test_pretrain_on_gpu_with_bf16(tmp_path: Path) -> None:
     result = pretrain(task="rotation", arch="resnet18", limit=256, max_epochs=1, out=str(tmp_path / "run"),
                       precision="bf16-mixed", progress=False)
     assert result.encoder_path.is_file()
+
+
+def test_resident_batches_are_sampled_on_the_gpu() -> None:
+    from types import SimpleNamespace
+
+    from selfsup_core.data import DecodedImages
+    from selfsup_core.datamodule import ImageDataModule
+
+    data = DecodedImages(torch.zeros(32, 3, 8, 8, dtype=torch.uint8), torch.arange(32))
+    module = ImageDataModule(data, batch_size=8, on_device=True)
+    module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    images, labels = next(iter(module.train_dataloader()))
+    assert images.is_cuda and labels.is_cuda
