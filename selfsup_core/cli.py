@@ -65,6 +65,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode images every run instead of using the decode cache")
     parser.add_argument("--data-on-device", action=argparse.BooleanOptionalAction, default=s,
                         help="keep decoded images in GPU memory (default: when they fit)")
+    parser.add_argument("--compile", action="store_true", default=s,
+                        help="torch.compile encoder and head (slow start, faster steps on GPUs)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=s)
 
 

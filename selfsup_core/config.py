@@ -40,6 +40,7 @@ class RunConfig:
     overwrite: bool = False
     cache: bool = True
     data_on_device: bool | None = None
+    compile: bool = False
     progress: bool = True
 
 

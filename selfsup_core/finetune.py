@@ -21,7 +21,7 @@ from selfsup_core.errors import ConfigError, DataError
 from selfsup_core.export import read_encoder_info
 from selfsup_core.runs import prepare_run_dir, record_run, write_json
 from selfsup_core.sources import load_split
-from selfsup_core.training import build_trainer, resume_path
+from selfsup_core.training import build_trainer, compile_model, resume_path
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Finetune
     data = ImageDataModule(train, split.val, batch_size=config.batch_size, seed=config.seed,
                            on_device=config.data_on_device)
     record_run(run_dir, {"job": "finetune", **dataclasses.asdict(config), "train_images": len(train)})
+    if config.compile:
+        compile_model(module)
     trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,
                             precision=config.precision, progress=config.progress)
     history = _AccuracyHistory()

@@ -19,7 +19,7 @@ from selfsup_core.module import PretextModule
 from selfsup_core.registry import build_task_registry, check_options
 from selfsup_core.runs import prepare_run_dir, record_run, write_json
 from selfsup_core.sources import load_split
-from selfsup_core.training import build_trainer, resume_path
+from selfsup_core.training import build_trainer, compile_model, resume_path
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def pretrain(config: PretrainConfig | None = None, **overrides: Any) -> Pretrain
                            on_device=config.data_on_device)
     record_run(run_dir, {"job": "pretrain", **dataclasses.asdict(config),
                          "train_images": len(split.train), "skipped_images": len(split.train.skipped)})
+    if config.compile:
+        compile_model(module)
     trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,
                             precision=config.precision, progress=config.progress)
     started = time.perf_counter()

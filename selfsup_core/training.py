@@ -93,6 +93,16 @@ def build_trainer(
     )
 
 
+def compile_model(module: pl.LightningModule) -> None:
+    """``torch.compile`` the encoder and head in place.
+
+    ``nn.Module.compile`` keeps the state-dict keys unchanged, so checkpoints
+    and the exported encoder are the same as without compiling.
+    """
+    for name in ("encoder", "head"):
+        getattr(module, name).compile()
+
+
 def resume_path(run_dir: Path, resume: bool) -> Path | None:
     """The checkpoint to resume from, or ``None`` for a fresh start."""
     if not resume:

@@ -185,3 +185,12 @@ def test_reconstruction_writes_preview_grids(tmp_path: Path) -> None:
     # A classification task writes none.
     assert pretrain_tiny(tmp_path / "rot") == 0
     assert not (tmp_path / "rot" / "previews").exists()
+
+
+@pytest.mark.slow
+def test_compiled_run_exports_the_same_format(tmp_path: Path) -> None:
+    """--compile must not change state-dict keys (needs a C++ compiler on CPU)."""
+    assert pretrain_tiny(tmp_path / "run", "--compile") == 0
+    from selfsup_core.export import load_encoder
+
+    load_encoder(tmp_path / "run", arch="tiny")
