@@ -21,16 +21,18 @@ number), ``bench_eval.png`` (a bar chart, when matplotlib is installed: the
 
 Default size, and why: 32 x 32 px, ResNet-18, 60 pretext epochs on all of
 train, 30 fine-tune epochs, 2 seeds. On 2 idle CPU cores a ResNet-18 train
-step runs at ~1,100 images/s at 32 px but ~240 at 64 px, and the U-Net tasks
-(cutout, crappify) at ~0.75x and ~0.5x of rotation's speed. At 64 px the
-~90-minute budget leaves about 12 pretext epochs per task, too few to
+step runs at ~1,100 images/s at 32 px but ~240 at 64 px; the U-Net tasks
+(cutout, crappify) run at about 0.75x and 0.5x of rotation's speed. At 64 px
+the ~90-minute budget leaves about 12 pretext epochs per task, too few to
 matter (on a GPU, 30 vs 90 rotation epochs moved kNN from 47 % to 55 %); at
-32 px it leaves 60 (estimate: ~50 min of pretraining for the three tasks,
-~10 min of fine-tuning, ~2 min of features, decode cache built once). The
-guide's protocol asks for 64 px on CPUs: pass ``--image-size 64
---pretrain-epochs 12`` for that. On a busy shared machine use ``--threads
-1``: with other processes on the cores, two intra-op threads ran a ResNet-18
-step 17x slower than one.
+32 px it leaves 60. Measured on 2 cores shared with other jobs (about 4x
+slower than idle): 8 pretext epochs of the three tasks took 162 + 523 +
+657 s and each 20-epoch fine-tune 96-229 s; scaled to idle cores the
+defaults come to about 40 min of pretraining and 10 of fine-tuning, leaving
+headroom for a noisy machine. The guide's CPU protocol is 64 px: pass
+``--image-size 64 --pretrain-epochs 12`` for that. On a busy shared machine
+use ``--threads 1``: with other processes on the cores, two intra-op threads
+ran a ResNet-18 step 17x slower than one. Results in ``docs/benchmarks.md``.
 
 Example:
     $ selfsup bench eval --tasks rotation --pretrain-epochs 10 --threads 1
