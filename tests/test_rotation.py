@@ -11,7 +11,7 @@ from selfsup_rotation import apply_transform
 
 @pytest.mark.parametrize("num_transforms", [4, 6])
 def test_labels_name_the_applied_transform(num_transforms: int) -> None:
-    task = create_task("rotation", num_transforms=num_transforms)
+    task = create_task("rotation", num_transforms=num_transforms, crop_scale=1.0, flip=False)
     images = torch.rand(64, 3, 8, 8)
     batch = task.make_batch(images)
     assert set(batch.targets.unique().tolist()) == set(range(num_transforms))
@@ -23,3 +23,36 @@ def test_transforms_are_distinct_on_an_asymmetric_image() -> None:
     image = torch.arange(16.0).view(1, 1, 4, 4)
     outputs = [apply_transform(image, i) for i in range(6)]
     assert all(not torch.equal(outputs[i], outputs[j]) for i in range(6) for j in range(i + 1, 6))
+
+
+def test_flip_happens_before_the_turn_and_keeps_the_label() -> None:
+    task = create_task("rotation", crop_scale=1.0, flip=True)
+    images = torch.rand(64, 3, 8, 8)
+    batch = task.make_batch(images)
+    mirrored = 0
+    for image, rotated, label in zip(images, batch.inputs, batch.targets.tolist()):
+        plain = torch.equal(rotated, apply_transform(image[None], label)[0])
+        flipped = torch.equal(rotated, apply_transform(image[None].flip(-1), label)[0])
+        assert plain or flipped
+        mirrored += flipped and not plain
+    assert 0 < mirrored < 64
+
+
+def test_crops_change_the_content_not_the_size() -> None:
+    task = create_task("rotation", crop_scale=(0.3, 0.5), flip=False)
+    images = torch.rand(16, 3, 32, 32)
+    batch = task.make_batch(images)
+    assert batch.inputs.shape == images.shape
+    unrotated = [apply_transform(x[None], (4 - k) % 4)[0] for x, k in zip(batch.inputs, batch.targets.tolist())]
+    assert not any(torch.allclose(u, x) for u, x in zip(unrotated, images))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"crop_scale": (0.5, 1.5)}, "crop_scale"), ({"num_transforms": 6, "flip": True}, "flips are labels")],
+)
+def test_bad_augmentation_options(options: dict, message: str) -> None:
+    from selfsup_core.errors import TaskOptionError
+
+    with pytest.raises(TaskOptionError, match=message):
+        create_task("rotation", **options)
