@@ -121,3 +121,17 @@ def test_options_are_saved_as_plain_types() -> None:
     task = CutoutTask(boxes=2, area=(0.1, 0.2))
     assert task.options["boxes"] == [2, 2] and task.options["area"] == [0.1, 0.2]
     assert CutoutTask(**task.options).options == task.options
+
+
+def test_inpainted_keeps_known_pixels_and_takes_the_boxes_from_the_network() -> None:
+    from selfsup_cutout import CutoutTask
+
+    torch.manual_seed(0)
+    task = CutoutTask()
+    batch = task.make_batch(torch.rand(4, 3, 32, 32))
+    outputs = torch.full_like(batch.inputs, 0.5)
+    restored = task.inpainted(outputs, batch)
+    mask = batch.extras["mask"].expand_as(restored)
+    assert torch.equal(restored[~mask], batch.inputs[~mask])
+    assert (restored[mask] == 0.5).all()
+    assert task.metrics(outputs, batch)["psnr"] > task.metrics(outputs, batch)["psnr_input"]

@@ -149,15 +149,26 @@ class CutoutTask(ReconstructionTask):
         inside = (error * mask).sum() / (mask.sum() * error.shape[1]).clamp_min(1)
         return inside + self.whole_weight * error.mean()
 
+    @staticmethod
+    def inpainted(outputs: Tensor, batch: PretextBatch) -> Tensor:
+        """The restored image: the network's pixels inside the boxes, the known ones elsewhere."""
+        return torch.where(batch.extras["mask"], outputs.to(batch.inputs.dtype), batch.inputs)
+
     def metrics(self, outputs: Tensor, batch: PretextBatch) -> dict[str, Tensor]:
         mask = batch.extras["mask"]
         return {
             "psnr_masked": psnr(outputs, batch.targets, mask),
             "psnr_masked_input": psnr(batch.inputs, batch.targets, mask),
-            "psnr": psnr(outputs, batch.targets),
+            "psnr": psnr(self.inpainted(outputs, batch), batch.targets),
             "psnr_input": psnr(batch.inputs, batch.targets),
+            "psnr_raw_output": psnr(outputs, batch.targets),
             "erased": mask.float().mean(),
         }
+
+    def preview(self, outputs: Tensor, batch: PretextBatch) -> dict[str, Tensor]:
+        columns = super().preview(outputs, batch)
+        columns["restored"] = self.inpainted(outputs.detach().float().clamp(0, 1), batch)
+        return columns
 
 
 @hookimpl
