@@ -23,7 +23,8 @@ def test_bench_eval_writes_table_and_json(tmp_path: Path, capsys) -> None:
     report = json.loads((out / "bench_eval.json").read_text())
     assert [r["encoder"] for r in report["rows"]] == ["random init", "rotation"]
     assert len(report["rows"][1]["finetune"]["values"]) == 2 and "beats" in report["rows"][1]["knn"]
-    assert report["rows"][1]["resolved_task_options"] == {"num_transforms": 6}
+    resolved = report["rows"][1]["resolved_task_options"]
+    assert resolved["num_transforms"] == 6 and resolved["flip"] is False  # defaults resolved too
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 + 2 + 2 + 2  # random kNN+linear per seed, random FT x2, task kNN+linear, FT x2
 
