@@ -63,7 +63,6 @@ class FinetuneConfig(RunConfig):
     val_data: str | None = None
     val_fraction: float = 0.2
     label_fraction: float = 1.0
-    weight_decay: float = 0.05
 
 
 ConfigT = TypeVar("ConfigT", bound=RunConfig)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from selfsup_core.config import PretrainConfig, config_from_mapping, resolve_defaults
 from selfsup_core.datamodule import ImageDataModule
@@ -74,7 +75,7 @@ def pretrain(config: PretrainConfig | None = None, **overrides: Any) -> Pretrain
     module = PretextModule(
         task=config.task, task_options=dict(config.task_options), arch=config.arch,
         preview_dir=str(run_dir / "previews"), lr=config.lr, weight_decay=config.weight_decay,
-        channels_last=_on_gpu(),
+        channels_last=torch.cuda.is_available(),
     )
     data = ImageDataModule(split.train, split.val, batch_size=config.batch_size, seed=config.seed,
                            on_device=config.data_on_device)
@@ -94,9 +95,3 @@ def pretrain(config: PretrainConfig | None = None, **overrides: Any) -> Pretrain
                                           "seconds": seconds, "metrics": metrics})
     logger.info("encoder written to %s", encoder_path)
     return PretrainResult(run_dir, encoder_path, metrics, seconds)
-
-
-def _on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
