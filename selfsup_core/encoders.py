@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 

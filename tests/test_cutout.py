@@ -7,7 +7,7 @@ import torch
 
 from selfsup_core import create_task, list_tasks
 from selfsup_core.errors import TaskOptionError
-from selfsup_cutout import CutoutTask, boxes_to_mask, draw_boxes
+from selfsup_cutout import CutoutTask, draw_boxes
 
 
 def reference_mask(coords: torch.Tensor, active: torch.Tensor, h: int, w: int) -> torch.Tensor:

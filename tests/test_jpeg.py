@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -70,11 +69,8 @@ def test_matches_pillow_on_photo_like_images(quality: int) -> None:
 
 
 @pytest.mark.imagenette
-def test_matches_pillow_on_imagenette() -> None:
-    root = os.environ.get("SELFSUP_IMAGENETTE")
-    if not root or not (Path(root) / "val").is_dir():
-        pytest.skip("SELFSUP_IMAGENETTE is not set to the Imagenette folder")
-    files = sorted((Path(root) / "val").glob("*/*.JPEG"))[::300][:6]
+def test_matches_pillow_on_imagenette(imagenette: Path) -> None:
+    files = sorted((imagenette / "val").glob("*/*.JPEG"))[::300][:6]
     images = torch.stack([
         torch.frombuffer(bytearray(Image.open(f).convert("RGB").resize((96, 96)).tobytes()),
                          dtype=torch.uint8).view(96, 96, 3).permute(2, 0, 1)
