@@ -39,7 +39,7 @@ from selfsup_core.config import FinetuneConfig, resolve_defaults
 from selfsup_core.data import DecodedImages, stratified_subset
 from selfsup_core.encoders import build_encoder
 from selfsup_core.errors import ConfigError, DataError
-from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD, load_encoder, read_encoder_info
+from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD, load_encoder, normalization_tensors, read_encoder_info
 from selfsup_core.runs import new_run_dir
 from selfsup_core.sources import Split, load_split
 
@@ -126,8 +126,7 @@ def extract_features(
     device = device or default_device()
     was_training = encoder.training
     encoder.eval().to(device)  # BatchNorm uses running statistics: features do not depend on the batch
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    m, s = normalization_tensors(mean, std, device=device)
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].to(device).float().div_(255)

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD
+from selfsup_core.export import normalization_tensors
 from selfsup_core.threads import one_cpu_thread
 
 
@@ -29,8 +29,9 @@ class ImageModule(pl.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = normalization_tensors()
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     def normalize(self, images: Tensor) -> Tensor:
         """Images in ``[0, 1]`` -> what the encoder expects."""

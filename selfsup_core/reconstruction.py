@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD
+from selfsup_core.export import normalization_tensors
 from selfsup_core.task import PretextBatch, PretextTask
 from selfsup_core.unet import UNetDecoder
 
@@ -55,8 +54,7 @@ class ReconstructionTask(PretextTask):
         if self.residual:
             # The trainer normalised the inputs with the ImageNet statistics
             # (see selfsup_core.export); undo that to get the degraded image back.
-            mean = torch.tensor(IMAGENET_MEAN, device=inputs.device, dtype=inputs.dtype).view(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD, device=inputs.device, dtype=inputs.dtype).view(1, 3, 1, 1)
+            mean, std = normalization_tensors(device=inputs.device, dtype=inputs.dtype)
             base = inputs * std + mean
         return head(encoder.forward_stages(inputs), size=tuple(inputs.shape[-2:]), base=base)
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup_core.encoders import build_encoder
-from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD
+from selfsup_core.export import normalization_tensors
 from selfsup_core.registry import build_task_registry, create_task
 from selfsup_core.task import PretextBatch, PretextTask, map_inputs
 
@@ -85,8 +85,7 @@ def _train_step(task: PretextTask, arch: str, batch: PretextBatch, device: torch
         encoder, head = encoder.to(memory_format=torch.channels_last), head.to(memory_format=torch.channels_last)
     params = list(encoder.parameters()) + list(head.parameters())
     optimiser = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean, std = normalization_tensors(device=device)
     inputs = map_inputs(batch.inputs, lambda x: (x - mean) / std)
     if device.type == "cuda":
         inputs = map_inputs(inputs, lambda x: x.contiguous(memory_format=torch.channels_last))

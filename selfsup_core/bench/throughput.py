@@ -54,7 +54,7 @@ from selfsup_core.cache import load_decoded
 from selfsup_core.data import ImageList, scan_folder, stratified_subset
 from selfsup_core.encoders import build_encoder
 from selfsup_core.errors import ConfigError
-from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD
+from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD, normalization_tensors
 from selfsup_core.registry import create_task
 from selfsup_core.task import PretextBatch, PretextTask, map_inputs
 from selfsup_core.threads import one_cpu_thread
@@ -162,8 +162,7 @@ class _Bench:
         self.head.to(device).train()
         params = [*self.encoder.parameters(), *self.head.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self.mean, self.std = normalization_tensors(device=device)
         self.images: Tensor | None = None
 
     def config(self, image_list: ImageList) -> dict[str, Any]:
