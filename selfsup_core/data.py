@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from selfsup_core.errors import DataError
+from selfsup_core.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +225,23 @@ def stratified_subset(
         take = max(1, min(len(members), round(len(members) * share)))
         chosen.append(members[torch.randperm(len(members), generator=generator)[:take]])
     return torch.cat(chosen).sort().values
+
+
+def check_label_fraction(fraction: float) -> None:
+    """Raise :class:`ConfigError` unless ``0 < fraction <= 1``."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"--label-fraction must be in (0, 1], got {fraction}.")
+
+
+def label_subset(train: DecodedImages, fraction: float, seed: int) -> DecodedImages:
+    """The seeded, class-balanced share of labelled ``train`` that fine-tuning and
+    evaluation train on (the whole set when ``fraction`` is 1)."""
+    check_label_fraction(fraction)
+    if fraction == 1:
+        return train
+    if train.labels is None:
+        raise DataError("a label fraction needs labelled images (one sub-folder per class).")
+    return train.subset(stratified_subset(len(train), train.labels, fraction=fraction, seed=seed))
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:

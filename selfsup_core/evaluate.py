@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup_core.config import FinetuneConfig, resolve_defaults
-from selfsup_core.data import DecodedImages, stratified_subset
+from selfsup_core.data import DecodedImages, label_subset
 from selfsup_core.encoders import build_encoder
 from selfsup_core.errors import ConfigError, DataError
 from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD, load_encoder, normalization_tensors, read_encoder_info
@@ -298,16 +298,6 @@ def labelled_split(
     if split.val is None or len(split.val) == 0 or split.val.labels is None:
         raise DataError("evaluation needs labelled validation images: give --val-data.")
     return split
-
-
-def label_subset(train: DecodedImages, fraction: float, seed: int) -> DecodedImages:
-    """A seeded, class-balanced share of ``train`` (the same one ``finetune`` draws)."""
-    if not 0 < fraction <= 1:
-        raise ConfigError(f"--label-fraction must be in (0, 1], got {fraction}.")
-    if fraction == 1:
-        return train
-    assert train.labels is not None
-    return train.subset(stratified_subset(len(train), train.labels, fraction=fraction, seed=seed))
 
 
 # ---------------------------------------------------------------- protocols on cached features

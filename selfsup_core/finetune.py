@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import Callback
 
 from selfsup_core.classifier import ClassifierModule
 from selfsup_core.config import FinetuneConfig, config_from_mapping, resolve_defaults
-from selfsup_core.data import stratified_subset
+from selfsup_core.data import check_label_fraction, label_subset
 from selfsup_core.datamodule import ImageDataModule
 from selfsup_core.encoders import build_encoder
 from selfsup_core.errors import ConfigError, DataError
@@ -76,8 +76,7 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Finetune
         config = dataclasses.replace(config, **overrides)
     config = _with_encoder_settings(config)
     config = resolve_defaults(config, "finetune")
-    if not 0 < config.label_fraction <= 1:
-        raise ConfigError(f"--label-fraction must be in (0, 1], got {config.label_fraction}.")
+    check_label_fraction(config.label_fraction)
     assert config.arch is not None  # set by _with_encoder_settings
     build_encoder(config.arch)
 
@@ -90,11 +89,7 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Finetune
     )
     if split.val is None or len(split.val) == 0:
         raise DataError("fine-tuning needs validation images: give --val-data or a --val-fraction above 0.")
-    assert split.train.labels is not None
-    train = split.train
-    if config.label_fraction < 1:
-        train = train.subset(stratified_subset(len(train), train.labels, fraction=config.label_fraction,
-                                               seed=config.seed))
+    train = label_subset(split.train, config.label_fraction, config.seed)
     logger.info("fine-tuning %s encoder on %d labelled images (%d classes), validating on %d",
                 config.encoder, len(train), len(train.classes), len(split.val))
     module = ClassifierModule(
