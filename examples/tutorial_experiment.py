@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 
 from selfsup_core.bench.eval import default_data
-from selfsup_core.finetune import finetune
-from selfsup_core.pretrain import pretrain
-from selfsup_core.runs import new_run_dir
+from selfsup_core.training.finetuning import finetune
+from selfsup_core.training.pretraining import pretrain
+from selfsup_core.training.runs import new_run_dir
 
 RECIPE = {"arch": "resnet34", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64}
 

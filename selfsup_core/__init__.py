@@ -1,46 +1,101 @@
 """selfsup: self-supervised pretraining of image encoders with pluggable pretext tasks.
 
-Public API::
+The public API is what this module exports; the README and the plugin guide
+show it. Jobs::
 
-    from selfsup_core import list_tasks, create_task, pretrain, finetune, load_encoder
+    from selfsup_core import pretrain, finetune, evaluate, load_encoder
+
+Plugins and task authors::
+
+    from selfsup_core import hookimpl, TaskSpec, PretextTask, PretextBatch, ClassificationTask
+
+Names are imported on first use, so ``import selfsup_core`` stays light (no
+torch, no Lightning) and ``selfsup --help`` answers at once.
 """
 
-from selfsup_core._markers import hookimpl, hookspec
-from selfsup_core.errors import SelfsupError
-from selfsup_core.registry import EncoderSpec, TaskSpec, create_task, list_tasks
-from selfsup_core.task import ClassificationTask, PretextBatch, PretextTask
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "ClassificationTask",
-    "EncoderSpec",
-    "PretextBatch",
-    "PretextTask",
-    "SelfsupError",
-    "TaskSpec",
-    "__version__",
-    "create_task",
-    "finetune",
-    "hookimpl",
-    "hookspec",
-    "list_tasks",
-    "load_encoder",
-    "pretrain",
-]
+from selfsup_core.errors import (ConfigError, DataError, EncoderFileError, PluginError, SelfsupError,
+                                 TaskConflictError, TaskOptionError, UnknownTaskError)
+from selfsup_core.plugin.markers import hookimpl, hookspec
+
+__version__ = "0.2.0"
+
+# Public name -> module that defines it. Module names differ from the names
+# they export (``training.pretraining`` defines ``pretrain``), so importing a
+# module can never shadow a function of the same name.
+_LAZY = {
+    # jobs
+    "pretrain": "selfsup_core.training.pretraining",
+    "PretrainConfig": "selfsup_core.training.config",
+    "PretrainResult": "selfsup_core.training.pretraining",
+    "finetune": "selfsup_core.training.finetuning",
+    "FinetuneConfig": "selfsup_core.training.config",
+    "FinetuneResult": "selfsup_core.training.finetuning",
+    "evaluate": "selfsup_core.evaluation.protocols",
+    "EvalResult": "selfsup_core.evaluation.protocols",
+    # encoders
+    "load_encoder": "selfsup_core.models.export",
+    "save_encoder": "selfsup_core.models.export",
+    "read_encoder_info": "selfsup_core.models.export",
+    "EncoderInfo": "selfsup_core.models.export",
+    "build_encoder": "selfsup_core.models.encoders",
+    "list_encoders": "selfsup_core.models.encoders",
+    "Encoder": "selfsup_core.models.encoders",
+    "Normalizer": "selfsup_core.models.normalization",
+    "UNetDecoder": "selfsup_core.models.unet",
+    # the plugin host and registries
+    "PluginHost": "selfsup_core.plugin.host",
+    "get_plugin_host": "selfsup_core.plugin.host",
+    "TaskSpec": "selfsup_core.plugin.registry",
+    "EncoderSpec": "selfsup_core.plugin.registry",
+    "list_tasks": "selfsup_core.plugin.registry",
+    "create_task": "selfsup_core.plugin.registry",
+    # writing tasks
+    "PretextTask": "selfsup_core.tasks.base",
+    "PretextBatch": "selfsup_core.tasks.base",
+    "ClassificationTask": "selfsup_core.tasks.base",
+    "map_inputs": "selfsup_core.tasks.base",
+    "ReconstructionTask": "selfsup_core.tasks.reconstruction",
+    "accuracy": "selfsup_core.tasks.metrics",
+    "psnr": "selfsup_core.tasks.metrics",
+    "pretext_step": "selfsup_core.training.step",
+}
+
+__all__ = sorted([
+    "ConfigError", "DataError", "EncoderFileError", "PluginError", "SelfsupError", "TaskConflictError",
+    "TaskOptionError", "UnknownTaskError", "__version__", "hookimpl", "hookspec", *_LAZY,
+])
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy imports keep `import selfsup_core` light
-    if name == "pretrain":
-        from selfsup_core.pretrain import pretrain
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'selfsup_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-        return pretrain
-    if name == "finetune":
-        from selfsup_core.finetune import finetune
 
-        return finetune
-    if name == "load_encoder":
-        from selfsup_core.export import load_encoder
+def __dir__() -> list[str]:
+    return __all__
 
-        return load_encoder
-    raise AttributeError(f"module 'selfsup_core' has no attribute {name!r}")
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+    from selfsup_core.evaluation.protocols import EvalResult, evaluate
+    from selfsup_core.models.encoders import Encoder, build_encoder, list_encoders
+    from selfsup_core.models.export import EncoderInfo, load_encoder, read_encoder_info, save_encoder
+    from selfsup_core.models.normalization import Normalizer
+    from selfsup_core.models.unet import UNetDecoder
+    from selfsup_core.plugin.host import PluginHost, get_plugin_host
+    from selfsup_core.plugin.registry import EncoderSpec, TaskSpec, create_task, list_tasks
+    from selfsup_core.tasks.base import ClassificationTask, PretextBatch, PretextTask, map_inputs
+    from selfsup_core.tasks.metrics import accuracy, psnr
+    from selfsup_core.tasks.reconstruction import ReconstructionTask
+    from selfsup_core.training.config import FinetuneConfig, PretrainConfig
+    from selfsup_core.training.finetuning import FinetuneResult, finetune
+    from selfsup_core.training.pretraining import PretrainResult, pretrain
+    from selfsup_core.training.step import pretext_step

@@ -25,7 +25,7 @@ BENCHMARKS = {
     "throughput": ("selfsup_core.bench.throughput", "images/s of the data path and training loop"),
     "eval": ("selfsup_core.bench.eval", "pretrain, evaluate and compare against a random encoder"),
 }
-EVALUATE = ("selfsup_core.evaluate", "kNN, linear probe or fine-tune evaluation of an encoder")
+EVALUATE = ("selfsup_core.evaluation.protocols", "kNN, linear probe or fine-tune evaluation of an encoder")
 
 
 def _task_option(text: str) -> tuple[str, Any]:
@@ -37,7 +37,7 @@ def _task_option(text: str) -> tuple[str, Any]:
 
 
 def _installed_tasks_text() -> str:
-    from selfsup_core.registry import build_task_registry
+    from selfsup_core.plugin.registry import build_task_registry
 
     registry = build_task_registry()
     lines = [f"  {name:<12} {registry.entries[name].spec.summary if name in registry.entries else '(conflict)'}"
@@ -128,7 +128,7 @@ def _merged(args: argparse.Namespace, skip: Sequence[str]) -> dict[str, Any]:
     given = {k: v for k, v in vars(args).items() if k not in skip}
     config_file = given.pop("config", None)
     if config_file:
-        from selfsup_core.config import read_yaml
+        from selfsup_core.training.config import read_yaml
 
         values.update(read_yaml(config_file))
     if "task_options" in given:
@@ -140,7 +140,7 @@ def _merged(args: argparse.Namespace, skip: Sequence[str]) -> dict[str, Any]:
 
 
 def _print_tasks() -> int:
-    from selfsup_core.registry import build_task_registry
+    from selfsup_core.plugin.registry import build_task_registry
 
     registry = build_task_registry()
     for name in registry.names():
@@ -178,16 +178,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "tasks":
             return _print_tasks()
         if args.command == "pretrain":
-            from selfsup_core.config import PretrainConfig, config_from_mapping
-            from selfsup_core.pretrain import pretrain
+            from selfsup_core.training.config import PretrainConfig, config_from_mapping
+            from selfsup_core.training.pretraining import pretrain
 
             config = config_from_mapping(PretrainConfig, _merged(args, ("command", "verbose")), "pretrain")
             result = pretrain(config)
             _report(result.metrics, f"encoder: {result.encoder_path}", result.seconds)
             return 0
         if args.command == "finetune":
-            from selfsup_core.config import FinetuneConfig, config_from_mapping
-            from selfsup_core.finetune import finetune
+            from selfsup_core.training.config import FinetuneConfig, config_from_mapping
+            from selfsup_core.training.finetuning import finetune
 
             config = config_from_mapping(FinetuneConfig, _merged(args, ("command", "verbose")), "finetune")
             outcome = finetune(config)

@@ -34,3 +34,7 @@ class EncoderFileError(SelfsupError):
 
 class ConfigError(SelfsupError):
     """A bad configuration value or file."""
+
+
+class PluginError(SelfsupError):
+    """A plugin that broke while loading or registering (reported, never fatal to others)."""

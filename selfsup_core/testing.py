@@ -21,9 +21,11 @@ import torch
 import yaml
 from torch import Tensor
 
-from selfsup_core.encoders import TinyEncoder
-from selfsup_core.registry import create_task
-from selfsup_core.task import PretextBatch, PretextTask, map_inputs
+from selfsup_core.models.encoders import TinyEncoder
+from selfsup_core.plugin.registry import create_task
+from selfsup_core.models.normalization import Normalizer
+from selfsup_core.tasks.base import PretextBatch, PretextTask
+from selfsup_core.training.step import optimiser_step, pretext_step
 
 IMAGE_SIZE = 32
 BATCH = 8
@@ -74,15 +76,14 @@ def check_training_step(task: PretextTask, images: Tensor) -> None:
     encoder = TinyEncoder().to(images.device)
     head = task.build_head(encoder).to(images.device)
     optimizer = torch.optim.SGD([*encoder.parameters(), *head.parameters()], lr=0.1)
+    normalizer = Normalizer().to(images.device)
     for _ in range(2):
-        optimizer.zero_grad()
-        batch = task.make_batch(images)
-        outputs = task.forward_model(encoder, head, map_inputs(batch.inputs, lambda x: (x - 0.5) / 0.25))
-        loss = task.loss(outputs, batch)
+        result = pretext_step(task, encoder, head, images, normalizer)
+        loss = result.loss
         assert isinstance(loss, Tensor) and loss.dim() == 0, "loss must be a scalar tensor"
         assert torch.isfinite(loss), f"loss is not finite: {loss}"
-        loss.backward()
-        optimizer.step()
+        optimiser_step(loss, optimizer)
+    outputs, batch = result.outputs, result.batch
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters()), (
         "no gradient reaches the encoder: the encoder would not learn"
     )

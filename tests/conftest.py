@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup_core.synthetic import generate_glyphs
+from selfsup_core.data.glyphs import generate_glyphs
+from selfsup_core.plugin.host import get_plugin_host
 
 IMAGENETTE = Path(os.environ.get("SELFSUP_IMAGENETTE", Path(__file__).parents[1] / ".." / "shared" / "data" / "imagenette2-224"))
 
@@ -21,6 +22,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SELFSUP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("SELFSUP_DISABLE_PLUGINS", raising=False)
     torch.manual_seed(0)
+    get_plugin_host.cache_clear()  # a test that fakes entry points gets its own host
 
 
 def write_image_folder(root: Path, per_class: int = 6, size: int = 40, classes: int = 3, seed: int = 0) -> Path:

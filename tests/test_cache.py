@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-import selfsup_core.data as data_module
-from selfsup_core import cache as cache_module
-from selfsup_core.cache import cache_key, default_cache_dir, load_decoded
-from selfsup_core.data import decode_images, scan_folder
+import selfsup_core.data.files as data_module
+from selfsup_core.data import cache as cache_module
+from selfsup_core.data.cache import cache_key, default_cache_dir, load_decoded
+from selfsup_core.data.decoded import decode_images
+from selfsup_core.data.files import scan_folder
 from selfsup_core.errors import ConfigError, DataError
 
 SIZE = 32
@@ -161,7 +162,7 @@ def test_a_corrupt_cache_is_detected_and_rebuilt(
     reference = load_decoded(images, SIZE).images.clone()
     _corrupt(entries(cache_dir)[0], how)
     calls_before = decode_count[0]
-    with caplog.at_level("WARNING", logger="selfsup_core.cache"):
+    with caplog.at_level("WARNING", logger="selfsup_core.data.cache"):
         rebuilt = load_decoded(images, SIZE)
     assert "corrupt" in caplog.text
     assert decode_count[0] - calls_before == len(images)
@@ -321,7 +322,7 @@ def test_leftovers_of_killed_runs_are_removed(folder: Path, cache_dir: Path) -> 
 
 def test_runs_see_the_same_data_with_and_without_the_cache(folder: Path, cache_dir: Path) -> None:
     """What pretrain and finetune load (sources.load_split): same images, labels, order."""
-    sources = pytest.importorskip("selfsup_core.sources")
+    sources = pytest.importorskip("selfsup_core.data.sources")
     options = dict(val_fraction=0.34, labelled=True, seed=3)
     cached = sources.load_split(str(folder), SIZE, cache=True, **options)
     again = sources.load_split(str(folder), SIZE, cache=True, **options)

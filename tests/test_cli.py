@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from selfsup_core.cli import main
-from selfsup_core.config import PretrainConfig
+from selfsup_core.training.config import PretrainConfig
 
 TINY = ["--arch", "tiny", "--image-size", "32", "--batch-size", "16", "--no-progress"]
 
@@ -53,7 +53,7 @@ def test_pretrain_then_finetune_both_ways(tmp_path: Path, capsys: pytest.Capture
 
 @pytest.mark.parametrize("task", ["rotation", "crappify"])
 def test_finetune_starts_from_the_pretrained_weights(tmp_path: Path, task: str) -> None:
-    from selfsup_core.classifier import ClassifierModule
+    from selfsup_core.training.finetune_module import ClassifierModule
 
     assert pretrain_tiny(tmp_path / "pre", "--task", task) == 0
     assert json.loads((tmp_path / "pre" / "encoder.json").read_text())["task"] == task
@@ -191,6 +191,6 @@ def test_reconstruction_writes_preview_grids(tmp_path: Path) -> None:
 def test_compiled_run_exports_the_same_format(tmp_path: Path) -> None:
     """--compile must not change state-dict keys (needs a C++ compiler on CPU)."""
     assert pretrain_tiny(tmp_path / "run", "--compile") == 0
-    from selfsup_core.export import load_encoder
+    from selfsup_core.models.export import load_encoder
 
     load_encoder(tmp_path / "run", arch="tiny")

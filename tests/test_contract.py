@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from selfsup_core import PretextBatch, PretextTask, list_tasks
-from selfsup_core.registry import create_task
+from selfsup_core.plugin.registry import create_task
 from selfsup_core.testing import TaskContract, check_task
 
 
@@ -49,7 +49,7 @@ class _IgnoresEncoder(PretextTask):
     def build_head(self, encoder: torch.nn.Module) -> torch.nn.Module:
         return torch.nn.Linear(3, 2)
 
-    def forward_model(self, encoder, head, inputs):  # noqa: ANN001, ANN201
+    def forward_model(self, encoder, head, inputs, batch):  # noqa: ANN001, ANN201
         return head(inputs.mean(dim=(2, 3)))
 
     def loss(self, outputs: torch.Tensor, batch: PretextBatch) -> torch.Tensor:

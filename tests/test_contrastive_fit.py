@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup_core import PretextBatch, PretextTask
-from selfsup_core.encoders import TinyEncoder
-from selfsup_core.task import map_inputs
+from selfsup_core.models.encoders import TinyEncoder
+from selfsup_core import Normalizer
+from selfsup_core.training.step import optimiser_step, pretext_step
 from selfsup_core.testing import check_task
 
 
@@ -53,12 +54,9 @@ def test_two_view_task_trains() -> None:
     images = torch.rand(16, 3, 32, 32)
     losses = []
     for _ in range(30):
-        batch = task.make_batch(images)
-        assert batch.targets is None and len(batch.inputs) == 2
-        outputs = task.forward_model(encoder, head, map_inputs(batch.inputs, lambda x: x - 0.5))
-        loss = task.loss(outputs, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        result = pretext_step(task, encoder, head, images, Normalizer())
+        assert result.batch.targets is None and len(result.batch.inputs) == 2
+        loss = result.loss
+        optimiser_step(loss, optimizer)
         losses.append(float(loss.detach()))
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5

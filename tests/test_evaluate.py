@@ -12,8 +12,10 @@ import torch
 from conftest import write_image_folder
 from selfsup_core.cli import main
 from selfsup_core.errors import ConfigError, EncoderFileError
-from selfsup_core.evaluate import (evaluate, extract_features, knn_predict, open_encoder,
-                                   train_linear_probe)
+from selfsup_core.evaluation.protocols import evaluate, open_encoder
+from selfsup_core.evaluation.features import extract_features
+from selfsup_core.evaluation.knn import knn_predict
+from selfsup_core.evaluation.probe import train_linear_probe
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import safetensors.torch
 import torch
 import torchvision
 
-from selfsup_core.encoders import build_encoder, list_encoders
+from selfsup_core.models.encoders import build_encoder, list_encoders
 from selfsup_core.errors import EncoderFileError
-from selfsup_core.export import EncoderInfo, load_encoder, read_encoder_info, save_encoder
+from selfsup_core.models.export import EncoderInfo, load_encoder, read_encoder_info, save_encoder
 
 
 def test_resnet18_export_loads_by_hand_strict(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ def test_task_batches_stay_on_the_gpu(name: str) -> None:
 
 
 def test_pretrain_on_gpu_with_bf16(tmp_path: Path) -> None:
-    from selfsup_core.pretrain import pretrain
+    from selfsup_core.training.pretraining import pretrain
 
     result = pretrain(task="rotation", arch="resnet18", limit=256, max_epochs=1, out=str(tmp_path / "run"),
                       precision="bf16-mixed", progress=False)
@@ -32,8 +32,8 @@ def test_pretrain_on_gpu_with_bf16(tmp_path: Path) -> None:
 def test_resident_batches_are_sampled_on_the_gpu() -> None:
     from types import SimpleNamespace
 
-    from selfsup_core.data import DecodedImages
-    from selfsup_core.datamodule import ImageDataModule
+    from selfsup_core.data.decoded import DecodedImages
+    from selfsup_core.data.datamodule import ImageDataModule
 
     data = DecodedImages(torch.zeros(32, 3, 8, 8, dtype=torch.uint8), torch.arange(32))
     module = ImageDataModule(data, batch_size=8, on_device=True)

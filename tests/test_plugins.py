@@ -7,10 +7,11 @@ import inspect
 
 import pytest
 
-from selfsup_core import TaskSpec, hookimpl, hookspecs
+from selfsup_core import TaskSpec, hookimpl
+from selfsup_core.plugin import hookspecs
 from selfsup_core.errors import TaskConflictError, TaskOptionError, UnknownTaskError
-from selfsup_core.plugins import get_plugin_manager
-from selfsup_core.registry import build_task_registry, create_task, list_tasks
+from selfsup_core.plugin.host import build_plugin_host
+from selfsup_core.plugin.registry import build_task_registry, create_task, list_tasks
 from selfsup_rotation import RotationTask
 
 
@@ -35,7 +36,7 @@ class _FakeEntryPoint:
 
 
 def test_builtins_come_from_entry_points() -> None:
-    registry = build_task_registry(get_plugin_manager())
+    registry = build_task_registry(build_plugin_host())
     entry = registry.get("rotation")
     assert entry.plugin == "rotation" and entry.distribution == "selfsup"
     names = [ep.name for ep in importlib.metadata.entry_points(group="selfsup")]
@@ -43,8 +44,8 @@ def test_builtins_come_from_entry_points() -> None:
 
 
 def test_each_manager_is_fresh() -> None:
-    first = get_plugin_manager(autoload=False, plugins=[("extra", _Plugin("extra-task"))])
-    second = get_plugin_manager(autoload=False)
+    first = build_plugin_host(autoload=False, plugins=[("extra", _Plugin("extra-task"))])
+    second = build_plugin_host(autoload=False)
     assert "extra-task" in build_task_registry(first).names()
     assert build_task_registry(second).names() == []
 
@@ -56,7 +57,7 @@ def test_broken_plugin_is_reported_and_others_still_work(monkeypatch: pytest.Mon
         return [_FakeEntryPoint("broken", ImportError("No module named 'nowhere'")), *real(group=group)]
 
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    host = get_plugin_manager()
+    host = build_plugin_host()
     assert [(f.name, f.distribution) for f in host.failures] == [("broken", "dist-broken")]
     assert "nowhere" in host.failures[0].error
     registry = build_task_registry(host)
@@ -67,11 +68,11 @@ def test_broken_plugin_is_reported_and_others_still_work(monkeypatch: pytest.Mon
 
 def test_plugins_blocked_by_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SELFSUP_DISABLE_PLUGINS", "rotation, other")
-    assert "rotation" not in list_tasks(registry=build_task_registry(get_plugin_manager()))
+    assert "rotation" not in list_tasks(registry=build_task_registry(build_plugin_host()))
 
 
 def test_conflict_is_listed_and_raised_on_use() -> None:
-    host = get_plugin_manager(autoload=False, plugins=[("a", _Plugin("same")), ("b", _Plugin("same", "only-b"))])
+    host = build_plugin_host(autoload=False, plugins=[("a", _Plugin("same")), ("b", _Plugin("same", "only-b"))])
     registry = build_task_registry(host)
     assert registry.names() == ["only-b", "same"]
     assert "same" in registry.conflicts
@@ -88,7 +89,7 @@ def test_misspelt_hook_is_caught() -> None:
             return []
 
     with pytest.raises(Exception, match="selfsup_register_taks"):
-        get_plugin_manager(autoload=False, plugins=[("typo", Typo())])
+        build_plugin_host(autoload=False, plugins=[("typo", Typo())])
 
 
 def test_unknown_task_names_closest_match() -> None:
@@ -106,7 +107,7 @@ def test_unknown_option_lists_accepted_ones() -> None:
 
 
 def test_invalid_task_name_is_rejected() -> None:
-    host = get_plugin_manager(autoload=False, plugins=[("bad", _Plugin("Bad Name"))])
+    host = build_plugin_host(autoload=False, plugins=[("bad", _Plugin("Bad Name"))])
     with pytest.raises(Exception, match="invalid task name"):
         build_task_registry(host)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfsup_core.encoders import build_encoder
-from selfsup_core.reconstruction import ReconstructionTask
-from selfsup_core.unet import UNetDecoder
+from selfsup_core.models.encoders import build_encoder
+from selfsup_core.tasks.reconstruction import ReconstructionTask
+from selfsup_core.models.unet import UNetDecoder
+from selfsup_core import Normalizer, PretextBatch
 
 
 @pytest.mark.parametrize("arch", ["tiny", "resnet18"])
@@ -48,7 +49,7 @@ def test_head_holds_no_encoder_weights_and_gradients_reach_the_deepest_stage() -
     encoder_ids = {id(p) for p in encoder.parameters()}
     assert not encoder_ids & {id(p) for p in head.parameters()}
     x = torch.rand(2, 3, 32, 32)
-    out = task.forward_model(encoder, head, x)
+    out = task.forward_model(encoder, head, x, PretextBatch(inputs=x, targets=x))
     assert out.shape == x.shape
     out.mean().backward()
     deepest = encoder.blocks[-1][0].weight
@@ -62,15 +63,14 @@ def test_task_rejects_bad_drop_skips(bad: object) -> None:
 
 
 def test_residual_decoder_starts_as_the_identity_on_the_unnormalised_input() -> None:
-    from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD
-
     encoder = build_encoder("tiny")
     task = ReconstructionTask(drop_skips=0, residual=True)
     head = task.build_head(encoder)
     images = torch.rand(2, 3, 32, 32)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    out = task.forward_model(encoder, head, (images - mean) / std)
+    batch = PretextBatch(inputs=images, targets=images)
+    # Statistics far from ImageNet's: the base image must come from the batch, not from constants.
+    normalizer = Normalizer(mean=(0.1, 0.9, 0.3), std=(0.5, 0.05, 2.0))
+    out = task.forward_model(encoder, head, normalizer(images), batch)
     assert torch.allclose(out, images, atol=1e-5)
     with pytest.raises(ValueError, match="base image"):
         head(encoder.forward_stages(images), size=(32, 32))

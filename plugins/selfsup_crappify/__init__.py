@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup_core import PretextBatch, TaskSpec, hookimpl
-from selfsup_core.reconstruction import ReconstructionTask, check_probability, check_range
-from selfsup_core.task import psnr
+from selfsup_core.tasks.reconstruction import ReconstructionTask, check_probability, check_range
+from selfsup_core.tasks.metrics import psnr
 from selfsup_crappify.jpeg import jpeg
 from selfsup_crappify.overlay import overlay_text, render_text_bank
 from selfsup_crappify.resample import down_up

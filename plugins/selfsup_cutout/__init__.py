@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from selfsup_core import PretextBatch, TaskSpec, hookimpl
-from selfsup_core.reconstruction import ReconstructionTask, check_range
-from selfsup_core.task import psnr
+from selfsup_core.tasks.reconstruction import ReconstructionTask, check_range
+from selfsup_core.tasks.metrics import psnr
 
 FILLS = ("noise", "zero", "mean")
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup_core import PretextBatch, TaskSpec, hookimpl
-from selfsup_core.task import ClassificationTask
+from selfsup_core.tasks.base import ClassificationTask
 
 TRANSFORM_NAMES = ("rot0", "rot90", "rot180", "rot270", "vflip", "hflip")
 

@@ -54,11 +54,11 @@ from typing import Any
 import torch
 import yaml
 
+from selfsup_core.bench.timing import machine
 from selfsup_core.errors import ConfigError, DataError
-from selfsup_core.evaluate import (RESULTS_NAME, append_result, frozen_protocols,
-                                   labelled_split, open_encoder)
-from selfsup_core.registry import create_task
-from selfsup_core.runs import new_run_dir, package_versions, write_json
+from selfsup_core.evaluation.protocols import RESULTS_NAME, append_result, frozen_protocols, labelled_split, open_encoder
+from selfsup_core.plugin.registry import create_task
+from selfsup_core.training.runs import new_run_dir, package_versions, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     log = out / RESULTS_NAME
 
     def finetune_rows(encoder: str, row: Row, tag: str) -> None:
-        from selfsup_core.evaluate import evaluate
+        from selfsup_core.evaluation.protocols import evaluate
 
         fractions = [(args.label_fraction, row.finetune)] + ([(1.0, row.finetune_full)] if args.full_finetune else [])
         for fraction, values in fractions:
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     finetune_rows("none", baseline, RANDOM)
     rows.append(baseline)
 
-    from selfsup_core.pretrain import pretrain
+    from selfsup_core.training.pretraining import pretrain
 
     for task in tasks:
         epochs = task_epochs.get(task, args.pretrain_epochs)
@@ -226,21 +226,6 @@ def run(args: argparse.Namespace) -> int:
     print(chart_note)
     print(f"wall time {seconds / 60:.1f} min; results in {out}")
     return 0
-
-
-def machine() -> dict[str, Any]:
-    """What ran the benchmark."""
-    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor(),
-                            "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
 
 
 def _spread(values: list[float]) -> float:

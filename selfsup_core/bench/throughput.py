@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -50,14 +49,17 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms
 
-from selfsup_core.cache import load_decoded
-from selfsup_core.data import ImageList, scan_folder, stratified_subset
-from selfsup_core.encoders import build_encoder
+from selfsup_core.bench.timing import device_name, synchronize
+from selfsup_core.data.cache import load_decoded
+from selfsup_core.data.decoded import stratified_subset
+from selfsup_core.data.files import ImageList, scan_folder
 from selfsup_core.errors import ConfigError
-from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD, normalization_tensors
-from selfsup_core.registry import create_task
-from selfsup_core.task import PretextBatch, PretextTask, map_inputs
+from selfsup_core.models.encoders import build_encoder
+from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalizer, to_unit_range
+from selfsup_core.plugin.registry import create_task
+from selfsup_core.tasks.base import ClassificationTask, PretextBatch, PretextTask
 from selfsup_core.threads import one_cpu_thread
+from selfsup_core.training.step import forward_loss, optimiser_step, prepare_batch
 
 #: Ratio name -> (numerator, denominator, goal on CPU, goal on GPU); see docs/performance.md.
 RATIOS: dict[str, tuple[str, str, float | None, float | None]] = {
@@ -147,23 +149,39 @@ _WHAT = {
 }
 
 
+class _TutorialRotation(ClassificationTask):
+    """The tutorial's model on top of the encoder: a 4-way head on labels its loader made."""
+
+    num_classes = 4
+
+
 class _Bench:
-    """The model, optimiser and batch sources shared by every measurement."""
+    """The models, optimisers and batch sources shared by every measurement.
+
+    selfsup's path trains ``--task``'s model; the tutorial's path trains the
+    tutorial's (the encoder and a 4-way rotation head), so the two loops
+    compare like for like with the default ``--task rotation``.
+    """
 
     def __init__(self, args: argparse.Namespace, device: torch.device, task: PretextTask) -> None:
         self.args, self.device, self.task = args, device, task.to(device)
-        self.encoder = build_encoder(args.arch)
-        self.head = task.build_head(self.encoder)
         # As the trainer does: channels_last and bf16 autocast on GPUs, plain fp32 on CPUs.
         self.channels_last = device.type == "cuda"
         self.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.encoder.to(device, memory_format=memory_format).train()
-        self.head.to(device).train()
-        params = [*self.encoder.parameters(), *self.head.parameters()]
-        self.optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
-        self.mean, self.std = normalization_tensors(device=device)
+        self.normalizer = Normalizer(channels_last=self.channels_last).to(device)
+        self.model = self._model(task)
+        self.tutorial_task = _TutorialRotation()
+        self.tutorial_model = self._model(self.tutorial_task)
         self.images: Tensor | None = None
+
+    def _model(self, task: PretextTask) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+        encoder = build_encoder(self.args.arch)
+        head = task.build_head(encoder)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        encoder.to(self.device, memory_format=memory_format).train()
+        head.to(self.device).train()
+        optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3, weight_decay=0.05)
+        return encoder, head, optimizer
 
     def config(self, image_list: ImageList) -> dict[str, Any]:
         a = self.args
@@ -172,8 +190,7 @@ class _Bench:
             "arch": a.arch, "task": a.task, "batch_size": a.batch_size, "num_workers": a.num_workers,
             "steps": a.steps, "data_steps": a.data_steps, "repeats": a.repeats,
             "device": str(self.device),
-            "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
-                            else _cpu_name()),
+            "device_name": device_name(self.device),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "precision": "bf16-autocast" if self.bf16 else "fp32", "torch": torch.__version__,
         }
@@ -201,7 +218,7 @@ class _Bench:
     def measurements(self, image_list: ImageList) -> dict[str, Callable[[], float]]:
         a = self.args
         found: dict[str, Callable[[], float]] = {
-            "model_step": lambda: self._time(self._resident_step_source(), self._train, a.steps),
+            "model_step": lambda: self._time(self._resident_step_source(), self._resident_step, a.steps),
             "selfsup_loop": lambda: self._time(
                 self._selfsup_batches(0, resident=False), self._selfsup_train, a.steps),
             "selfsup_data": lambda: self._time(
@@ -209,51 +226,38 @@ class _Bench:
             "selfsup_data_resident": lambda: self._time(
                 self._selfsup_batches(0, resident=True), self._selfsup_data, a.data_steps),
         }
-        if self.task.name == "rotation":  # the tutorial's pipeline makes rotation labels only
-            found["tutorial_loop"] = lambda: self._time(
-                self._tutorial_batches(image_list), self._tutorial_train, a.steps)
-            found["tutorial_data"] = lambda: self._time(
-                self._tutorial_batches(image_list), self._tutorial_data, a.data_steps)
+        found["tutorial_loop"] = lambda: self._time(
+            self._tutorial_batches(image_list), self._tutorial_train, a.steps)
+        found["tutorial_data"] = lambda: self._time(
+            self._tutorial_batches(image_list), self._tutorial_data, a.data_steps)
         return found
 
     # -- timing ---------------------------------------------------------------------
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def _time(self, batches: Iterator[Any], consume: Callable[[Any], int], steps: int) -> float:
         """Images/s of ``consume`` over ``steps`` batches, after ``--warmup`` untimed ones."""
         try:
             for _ in range(self.args.warmup):
                 consume(next(batches))
-            self._sync()
+            synchronize(self.device)
             start, images = time.perf_counter(), 0
             for _ in range(steps):
                 images += consume(next(batches))
-            self._sync()
+            synchronize(self.device)
             return images / (time.perf_counter() - start)
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
                 close()  # ends the loader's worker processes before the next measurement
 
-    # -- the train step ----------------------------------------------------------------
+    # -- the train step: the trainer's own step functions ----------------------------------
 
-    def _train(self, batch: PretextBatch) -> int:
+    def _train(self, task: PretextTask, model: tuple[Any, Any, Any], batch: PretextBatch, inputs: Any) -> int:
+        encoder, head, optimizer = model
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            outputs = self.task.forward_model(self.encoder, self.head, batch.inputs)
-            loss = self.task.loss(outputs, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return _count(batch.inputs)
-
-    def _normalise(self, images: Tensor) -> Tensor:
-        images = (images - self.mean) / self.std
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+            result = forward_loss(task, encoder, head, batch, inputs)
+        optimiser_step(result.loss, optimizer)
+        return _count(inputs)
 
     # -- selfsup's path --------------------------------------------------------------
 
@@ -271,27 +275,27 @@ class _Bench:
         )
         return _forever(loader)
 
-    def _selfsup_ready(self, uint8: Tensor) -> PretextBatch:
-        """What the trainer does after transfer: float in [0, 1], the task, normalisation."""
-        # One CPU thread for these short ops: see selfsup_core.threads.
-        with one_cpu_thread(self.device):
-            images = uint8.to(self.device, non_blocking=True).float().div_(255)
-            batch = self.task.make_batch(images)
-            batch.inputs = map_inputs(batch.inputs, self._normalise)
-        return batch
+    def _selfsup_ready(self, uint8: Tensor) -> tuple[PretextBatch, Any]:
+        """What the trainer does after transfer: float in [0, 1], then the step's first half."""
+        with one_cpu_thread(self.device):  # short ops beside the model: see selfsup_core.threads
+            images = to_unit_range(uint8.to(self.device, non_blocking=True))
+        return prepare_batch(self.task, images, self.normalizer)
 
     def _selfsup_data(self, uint8: Tensor) -> int:
-        return _count(self._selfsup_ready(uint8).inputs)
+        return _count(self._selfsup_ready(uint8)[1])
 
     def _selfsup_train(self, uint8: Tensor) -> int:
-        return self._train(self._selfsup_ready(uint8))
+        return self._train(self.task, self.model, *self._selfsup_ready(uint8))
 
-    def _resident_step_source(self) -> Iterator[PretextBatch]:
+    def _resident_step_source(self) -> Iterator[tuple[PretextBatch, Any]]:
         assert self.images is not None
         count = min(self.args.batch_size, len(self.images))
-        batch = self._selfsup_ready(self.images[:count])
+        ready = self._selfsup_ready(self.images[:count])
         while True:
-            yield batch
+            yield ready
+
+    def _resident_step(self, ready: tuple[PretextBatch, Any]) -> int:
+        return self._train(self.task, self.model, *ready)
 
     # -- the tutorial's path ------------------------------------------------------------
 
@@ -303,18 +307,18 @@ class _Bench:
         )
         return _forever(loader)
 
-    def _tutorial_ready(self, batch: tuple[Tensor, Tensor]) -> PretextBatch:
-        inputs, labels = batch
+    def _tutorial_ready(self, batch: tuple[Tensor, Tensor]) -> tuple[PretextBatch, Tensor]:
+        inputs, labels = batch  # already normalised by the tutorial's transforms
         inputs = inputs.to(self.device, non_blocking=True)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return PretextBatch(inputs=inputs, targets=labels.to(self.device, non_blocking=True))
+        return PretextBatch(inputs=inputs, targets=labels.to(self.device, non_blocking=True)), inputs
 
     def _tutorial_data(self, batch: tuple[Tensor, Tensor]) -> int:
-        return _count(self._tutorial_ready(batch).inputs)
+        return _count(self._tutorial_ready(batch)[1])
 
     def _tutorial_train(self, batch: tuple[Tensor, Tensor]) -> int:
-        return self._train(self._tutorial_ready(batch))
+        return self._train(self.tutorial_task, self.tutorial_model, *self._tutorial_ready(batch))
 
 
 class TutorialRotationDataset(torch.utils.data.Dataset[tuple[Tensor, int]]):
@@ -380,17 +384,6 @@ def _forever(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
             yield from iterator
         finally:
             del iterator  # shuts the workers down when the generator is closed
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _count(inputs: Tensor | tuple[Tensor, ...]) -> int:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from selfsup_core import PretextBatch, TaskSpec, hookimpl
-from selfsup_core.task import ClassificationTask
+from selfsup_core.tasks.base import ClassificationTask
 
 PERMUTATIONS = list(itertools.permutations(range(4)))
 

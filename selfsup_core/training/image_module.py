@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from selfsup_core.export import normalization_tensors
+from selfsup_core.models.normalization import Normalizer, to_unit_range
 from selfsup_core.threads import one_cpu_thread
 
 
@@ -27,23 +27,14 @@ class ImageModule(pl.LightningModule):
     format, faster convolutions on GPUs).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, channels_last: bool = False) -> None:
         super().__init__()
-        mean, std = normalization_tensors()
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("std", std, persistent=False)
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """Images in ``[0, 1]`` -> what the encoder expects."""
-        images = (images - self.mean) / self.std
-        if self.hparams.get("channels_last"):
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+        self.normalizer = Normalizer(channels_last=channels_last)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
         with one_cpu_thread(images.device):
-            return images.float().div_(255), labels
+            return to_unit_range(images), labels
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(

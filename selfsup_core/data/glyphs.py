@@ -21,7 +21,7 @@ import random
 import torch
 from PIL import Image, ImageDraw
 
-from selfsup_core.data import DecodedImages
+from selfsup_core.data.decoded import DecodedImages
 
 # Polygons in a [-1, 1] square, y pointing down (image coordinates).
 GLYPHS: dict[str, list[tuple[float, float]]] = {

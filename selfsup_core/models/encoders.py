@@ -18,8 +18,8 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from selfsup_core._markers import hookimpl
-from selfsup_core.registry import EncoderSpec, build_encoder_registry
+from selfsup_core.plugin.markers import hookimpl
+from selfsup_core.plugin.registry import EncoderSpec, build_encoder_registry
 
 
 @runtime_checkable

@@ -12,15 +12,15 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from selfsup_core.config import PretrainConfig, config_from_mapping, resolve_defaults
-from selfsup_core.datamodule import ImageDataModule
-from selfsup_core.encoders import build_encoder
-from selfsup_core.export import EncoderInfo, save_encoder
-from selfsup_core.module import PretextModule
-from selfsup_core.registry import build_task_registry, check_options
-from selfsup_core.runs import prepare_run_dir, record_run, write_json
-from selfsup_core.sources import load_split
-from selfsup_core.training import build_trainer, compile_model, resume_path
+from selfsup_core.training.config import PretrainConfig, config_from_mapping, resolve_defaults
+from selfsup_core.data.datamodule import ImageDataModule
+from selfsup_core.models.encoders import build_encoder
+from selfsup_core.models.export import EncoderInfo, save_encoder
+from selfsup_core.training.pretext_module import PretextModule
+from selfsup_core.plugin.registry import build_task_registry, check_options
+from selfsup_core.training.runs import prepare_run_dir, record_run, write_json
+from selfsup_core.data.sources import load_split
+from selfsup_core.training.trainer import build_trainer, compile_model, resume_path
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from selfsup_core.data import DecodedImages
+from selfsup_core.data.decoded import DecodedImages
 from selfsup_core.threads import one_cpu_thread
 
 NO_LABEL = -1

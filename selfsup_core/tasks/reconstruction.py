@@ -18,9 +18,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup_core.export import normalization_tensors
-from selfsup_core.task import PretextBatch, PretextTask
-from selfsup_core.unet import UNetDecoder
+from selfsup_core.tasks.base import PretextBatch, PretextTask
+from selfsup_core.models.unet import UNetDecoder
 
 
 class ReconstructionTask(PretextTask):
@@ -49,13 +48,10 @@ class ReconstructionTask(PretextTask):
     def build_head(self, encoder: nn.Module) -> nn.Module:
         return UNetDecoder.for_encoder(encoder, drop_skips=self.drop_skips, residual=self.residual)
 
-    def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Any) -> Tensor:
-        base = None
-        if self.residual:
-            # The trainer normalised the inputs with the ImageNet statistics
-            # (see selfsup_core.export); undo that to get the degraded image back.
-            mean, std = normalization_tensors(device=inputs.device, dtype=inputs.dtype)
-            base = inputs * std + mean
+    def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Any, batch: PretextBatch) -> Tensor:
+        # A residual decoder corrects the degraded image itself: the batch's
+        # inputs, in [0, 1], before normalisation.
+        base = batch.inputs if self.residual else None
         return head(encoder.forward_stages(inputs), size=tuple(inputs.shape[-2:]), base=base)
 
     def loss(self, outputs: Tensor, batch: PretextBatch) -> Tensor:

@@ -22,34 +22,14 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from selfsup_core.encoders import build_encoder
+from selfsup_core.models.encoders import build_encoder
 from selfsup_core.errors import EncoderFileError
 from selfsup_core.ioutil import atomic_write_bytes
+from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "encoder.safetensors"
 META_NAME = "encoder.json"
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalization_tensors(
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``(1, 3, 1, 1)`` mean and std tensors, to normalise ``(B, 3, H, W)`` images.
-
-    Example:
-        >>> mean, std = normalization_tensors()
-        >>> ((torch.ones(2, 3, 4, 4) - mean) / std).shape
-        torch.Size([2, 3, 4, 4])
-    """
-    return (torch.tensor(mean, device=device, dtype=dtype).view(1, 3, 1, 1),
-            torch.tensor(std, device=device, dtype=dtype).view(1, 3, 1, 1))
-
 
 @dataclass(frozen=True)
 class EncoderInfo:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from selfsup_core._markers import hookspec
+from selfsup_core.plugin.markers import hookspec
 
 if TYPE_CHECKING:
-    from selfsup_core.registry import EncoderSpec, TaskSpec
+    from selfsup_core.plugin.registry import EncoderSpec, TaskSpec
 
 
 @hookspec

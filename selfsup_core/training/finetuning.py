@@ -12,16 +12,16 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from selfsup_core.classifier import ClassifierModule
-from selfsup_core.config import FinetuneConfig, config_from_mapping, resolve_defaults
-from selfsup_core.data import check_label_fraction, label_subset
-from selfsup_core.datamodule import ImageDataModule
-from selfsup_core.encoders import build_encoder
+from selfsup_core.training.finetune_module import ClassifierModule
+from selfsup_core.training.config import FinetuneConfig, config_from_mapping, resolve_defaults
+from selfsup_core.data.decoded import check_label_fraction, label_subset
+from selfsup_core.data.datamodule import ImageDataModule
+from selfsup_core.models.encoders import build_encoder
 from selfsup_core.errors import ConfigError, DataError
-from selfsup_core.export import read_encoder_info
-from selfsup_core.runs import prepare_run_dir, record_run, write_json
-from selfsup_core.sources import load_split
-from selfsup_core.training import build_trainer, compile_model, resume_path
+from selfsup_core.models.export import read_encoder_info
+from selfsup_core.training.runs import prepare_run_dir, record_run, write_json
+from selfsup_core.data.sources import load_split
+from selfsup_core.training.trainer import build_trainer, compile_model, resume_path
 
 logger = logging.getLogger(__name__)
 

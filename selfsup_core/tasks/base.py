@@ -39,6 +39,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from selfsup_core.tasks.metrics import accuracy
+
 Inputs = Tensor | tuple[Tensor, ...]
 """One batch of network inputs, or several views of the same images."""
 
@@ -128,12 +130,19 @@ class PretextTask(nn.Module):
 
     # -- optional ------------------------------------------------------------------
 
-    def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Inputs) -> Any:
+    def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Inputs, batch: PretextBatch) -> Any:
         """Run the network on normalised ``inputs``.
 
         The default feeds pooled features to the head, once per view for
         multi-view inputs. Reconstruction tasks override it to feed the
         encoder's stages to a decoder.
+
+        Args:
+            encoder: The shared encoder.
+            head: What :meth:`build_head` built.
+            inputs: ``batch.inputs`` normalised for the encoder.
+            batch: The batch itself, for tasks that need the un-normalised
+                images (``batch.inputs``, in ``[0, 1]``) or the extras.
         """
         return map_inputs(inputs, lambda x: head(encoder(x)))
 
@@ -167,23 +176,3 @@ class ClassificationTask(PretextTask):
 
     def metrics(self, outputs: Tensor, batch: PretextBatch) -> dict[str, Tensor]:
         return {"acc": accuracy(outputs, batch.targets)}
-
-
-def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Top-1 accuracy of ``logits`` against class indices, as a 0-dim tensor."""
-    return (logits.argmax(dim=1) == targets).float().mean()
-
-
-def psnr(prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Mean PSNR in dB of images in ``[0, 1]``, optionally inside a ``mask``.
-
-    The mask broadcasts against the images (``(B, 1, H, W)`` is typical);
-    PSNR is computed per image, then averaged over the batch.
-    """
-    squared = (prediction.float().clamp(0, 1) - target.float()) ** 2
-    if mask is None:
-        mse = squared.flatten(1).mean(dim=1)
-    else:
-        weights = mask.float().expand_as(squared)
-        mse = (squared * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1)
-    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()

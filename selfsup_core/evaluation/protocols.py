@@ -32,24 +32,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup_core.config import FinetuneConfig, resolve_defaults
-from selfsup_core.data import DecodedImages, label_subset
-from selfsup_core.encoders import build_encoder
+from selfsup_core.training.config import FinetuneConfig, resolve_defaults
+from selfsup_core.data.decoded import DecodedImages, label_subset
+from selfsup_core.models.encoders import build_encoder
 from selfsup_core.errors import ConfigError, DataError
-from selfsup_core.export import IMAGENET_MEAN, IMAGENET_STD, load_encoder, normalization_tensors, read_encoder_info
-from selfsup_core.runs import new_run_dir
-from selfsup_core.sources import Split, load_split
+from selfsup_core.evaluation.features import extract_features
+from selfsup_core.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_predict
+from selfsup_core.evaluation.probe import PROBE_STEPS, train_linear_probe
+from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from selfsup_core.tasks.metrics import top1
+from selfsup_core.models.export import load_encoder, read_encoder_info
+from selfsup_core.training.runs import new_run_dir
+from selfsup_core.data.sources import Split, load_split
 
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("knn", "linear", "finetune")
 RESULTS_NAME = "results.jsonl"
-KNN_K = 20
-KNN_TEMPERATURE = 0.07
-PROBE_STEPS = 300
 
 
 @dataclass
@@ -85,167 +86,6 @@ class EvalResult:
         plain = dataclasses.asdict(self)
         details = plain.pop("details")
         return {**plain, **details}
-
-
-# ---------------------------------------------------------------- features
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@torch.no_grad()
-def extract_features(
-    encoder: nn.Module,
-    images: Tensor,
-    *,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-    batch_size: int = 256,
-    device: torch.device | None = None,
-) -> Tensor:
-    """Pooled features of uint8 images, with the encoder frozen in eval mode.
-
-    Args:
-        encoder: Any module mapping normalised ``(B, 3, S, S)`` images to ``(B, D)``.
-        images: ``(N, 3, S, S)`` uint8 (as decoded; already centre-cropped).
-        mean: Normalisation the encoder was trained with (``encoder.json``).
-        std: Likewise.
-        batch_size: Images per forward pass.
-        device: Where to run; default :func:`default_device`.
-
-    Returns:
-        ``(N, D)`` float32 features on the CPU.
-
-    Example:
-        >>> feats = extract_features(build_encoder("tiny"), torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
-        >>> tuple(feats.shape)
-        (4, 64)
-    """
-    device = device or default_device()
-    was_training = encoder.training
-    encoder.eval().to(device)  # BatchNorm uses running statistics: features do not depend on the batch
-    m, s = normalization_tensors(mean, std, device=device)
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(device).float().div_(255)
-        chunks.append(encoder((batch - m) / s).float().flatten(1).cpu())
-    encoder.train(was_training)
-    if not chunks:
-        raise DataError("no images to compute features of.")
-    return torch.cat(chunks)
-
-
-# ---------------------------------------------------------------- kNN
-
-
-def knn_predict(
-    bank: Tensor,
-    bank_labels: Tensor,
-    queries: Tensor,
-    num_classes: int,
-    *,
-    k: int = KNN_K,
-    temperature: float = KNN_TEMPERATURE,
-    chunk: int = 1024,
-) -> Tensor:
-    """Weighted kNN class predictions by cosine similarity.
-
-    Each query's ``k`` most similar bank entries vote for their class with
-    weight ``exp(similarity / temperature)`` (the protocol of InstDisc, DINO
-    and most SSL libraries). Features are L2-normalised here.
-
-    Args:
-        bank: ``(N, D)`` features of the labelled images.
-        bank_labels: ``(N,)`` class indices.
-        queries: ``(M, D)`` features to classify.
-        num_classes: Number of classes.
-        k: Neighbours per query (capped at ``N``).
-        temperature: Softness of the vote weights; small values let the
-            nearest neighbours dominate.
-        chunk: Queries per similarity matrix (bounds memory at ``chunk x N``).
-
-    Returns:
-        ``(M,)`` predicted class indices.
-
-    Example:
-        >>> bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
-        >>> knn_predict(bank, torch.tensor([0, 0, 1]), torch.tensor([[0.1, 1.0]]), 2, k=1).tolist()
-        [1]
-    """
-    if len(bank) == 0:
-        raise DataError("the kNN bank is empty: no labelled train images.")
-    bank = F.normalize(bank.float(), dim=1)
-    k = min(k, len(bank))
-    predictions = []
-    for start in range(0, len(queries), chunk):
-        query = F.normalize(queries[start:start + chunk].float(), dim=1)
-        similarity, index = (query @ bank.T).topk(k, dim=1)
-        weights = (similarity / temperature).exp()
-        votes = torch.zeros(len(query), num_classes, dtype=weights.dtype)
-        votes.scatter_add_(1, bank_labels[index], weights)
-        predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions)
-
-
-# ---------------------------------------------------------------- linear probe
-
-
-class LinearProbe(nn.Module):
-    """Standardise features with the train statistics, then one linear layer."""
-
-    def __init__(self, mean: Tensor, std: Tensor, num_classes: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        self.linear = nn.Linear(len(mean), num_classes)
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.linear((features - self.mean) / self.std)
-
-
-def train_linear_probe(
-    features: Tensor,
-    labels: Tensor,
-    num_classes: int,
-    *,
-    steps: int = PROBE_STEPS,
-    lr: float = 0.01,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-) -> LinearProbe:
-    """Fit a linear classifier on cached features, full-batch AdamW with cosine decay.
-
-    Full batch because the features fit in memory and it makes the result
-    depend on the seed only through the initialisation.
-
-    Example:
-        >>> x = torch.cat([torch.randn(20, 4) + 5, torch.randn(20, 4) - 5])
-        >>> y = torch.tensor([0] * 20 + [1] * 20)
-        >>> probe = train_linear_probe(x, y, 2, steps=50)
-        >>> (probe(x).argmax(1) == y).float().mean().item()
-        1.0
-    """
-    features = features.float()
-    generator = torch.Generator().manual_seed(seed)
-    probe = LinearProbe(features.mean(0), features.std(0).clamp_min(1e-6), num_classes)
-    with torch.no_grad():
-        probe.linear.weight.copy_(torch.randn(probe.linear.weight.shape, generator=generator) * 0.01)
-        probe.linear.bias.zero_()
-    optimizer = torch.optim.AdamW(probe.linear.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
-    for _ in range(steps):
-        optimizer.zero_grad()
-        F.cross_entropy(probe(features), labels).backward()
-        optimizer.step()
-        schedule.step()
-    return probe.eval()
-
-
-def top1(predictions: Tensor, labels: Tensor) -> float:
-    """Share of correct predictions."""
-    return float((predictions == labels).float().mean())
 
 
 # ---------------------------------------------------------------- encoders and data
@@ -359,7 +199,7 @@ def frozen_protocols(
                        "standardised": True, "train_images": len(bank)}
         seconds = feature_seconds + time.perf_counter() - begun
         details.update(val_images=len(val), feature_dim=int(bank.shape[1]), feature_seconds=feature_seconds)
-        results.append(EvalResult(protocol=protocol, top1=top1(predicted, val.labels), seconds=seconds,
+        results.append(EvalResult(protocol=protocol, top1=float(top1(predicted, val.labels)), seconds=seconds,
                                   details=details, **common))
     return results
 
@@ -438,7 +278,7 @@ def _finetune_protocol(encoder: str, *, arch: str | None, data: str | None, val_
                        label_fraction: float, max_epochs: int | None, seed: int, image_size: int | None,
                        batch_size: int | None, limit: int | None, run_dir: Path,
                        progress: bool) -> EvalResult:
-    from selfsup_core.finetune import finetune  # Lightning import: only when fine-tuning
+    from selfsup_core.training.finetuning import finetune  # Lightning import: only when fine-tuning
 
     task = "none" if encoder == "none" else read_encoder_info(encoder).task
     tag = "none" if encoder == "none" else task

@@ -10,11 +10,11 @@ import torch
 import torchvision
 from torch import Tensor
 
-from selfsup_core.encoders import build_encoder
-from selfsup_core.lightning_base import ImageModule
-from selfsup_core.registry import create_task
-from selfsup_core.task import PretextBatch, PretextTask, map_inputs
-from selfsup_core.threads import one_cpu_thread
+from selfsup_core.models.encoders import build_encoder
+from selfsup_core.training.image_module import ImageModule
+from selfsup_core.plugin.registry import create_task
+from selfsup_core.tasks.base import PretextBatch, PretextTask
+from selfsup_core.training.step import pretext_step
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class PretextModule(ImageModule):
         warmup_fraction: float = 0.05,
         channels_last: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(channels_last=channels_last)
         self.save_hyperparameters()
         self.task: PretextTask = create_task(task, **(task_options or {}))
         self.encoder = build_encoder(arch)
@@ -63,20 +63,14 @@ class PretextModule(ImageModule):
             self.to(memory_format=torch.channels_last)
 
     def _step(self, images: Tensor, stage: str) -> Tensor:
-        # Batch preparation is a string of short ops: on a CPU one thread
-        # does them faster than two that wait on each other (performance.md).
-        with one_cpu_thread(self.device):
-            batch = self.task.make_batch(images)
-            inputs = map_inputs(batch.inputs, self.normalize)
-        outputs = self.task.forward_model(self.encoder, self.head, inputs)
-        loss = self.task.loss(outputs, batch)
+        result = pretext_step(self.task, self.encoder, self.head, images, self.normalizer)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True)
-        for name, value in self.task.metrics(outputs, batch).items():
+        self.log(f"{stage}/loss", result.loss, prog_bar=True, on_step=on_step, on_epoch=True)
+        for name, value in result.metrics.items():
             self.log(f"{stage}/{name}", value, prog_bar=True, on_step=on_step, on_epoch=True)
         if stage == "val" and self._preview_pending:
-            self._write_preview(outputs, batch)
-        return loss
+            self._write_preview(result.outputs, result.batch)
+        return result.loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch[0], "train")

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from selfsup_core.errors import SelfsupError, TaskConflictError, TaskOptionError, UnknownTaskError
-from selfsup_core.plugins import PluginHost, PluginLoadFailure, get_plugin_manager
+from selfsup_core.plugin.host import PluginHost, PluginLoadFailure, get_plugin_host
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from selfsup_core.task import PretextTask
+    from selfsup_core.tasks.base import PretextTask
 
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
@@ -152,17 +152,12 @@ def _collect(host: PluginHost, hook_name: str, kind: str) -> Registry[Any]:
 
 def build_task_registry(host: PluginHost | None = None) -> Registry[TaskSpec]:
     """Collect every task from the plugins of ``host`` (a new default host if None)."""
-    return _collect(host or get_plugin_manager(), "selfsup_register_tasks", "task")
+    return _collect(host or get_plugin_host(), "selfsup_register_tasks", "task")
 
 
 def build_encoder_registry(host: PluginHost | None = None) -> Registry[EncoderSpec]:
     """Collect every encoder: the built-ins plus those contributed by plugins."""
-    from selfsup_core import encoders
-
-    host = host or get_plugin_manager()
-    if host.manager.get_plugin("selfsup-builtin-encoders") is None:
-        host.register(encoders, name="selfsup-builtin-encoders", distribution="selfsup")
-    return _collect(host, "selfsup_register_encoders", "encoder")
+    return _collect(host or get_plugin_host(), "selfsup_register_encoders", "encoder")
 
 
 def list_tasks(pattern: str = "*", registry: Registry[TaskSpec] | None = None) -> list[str]:

@@ -46,7 +46,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from selfsup_core.data import DecodedImages, ImageFileDataset, ImageList, decode_images
+from selfsup_core.data.decoded import DecodedImages, decode_images
+
+from selfsup_core.data.files import ImageFileDataset, ImageList
 from selfsup_core.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

@@ -1,11 +1,12 @@
 """Building the plugin manager and loading plugins from entry points.
 
-Use :func:`get_plugin_manager` to get a fresh, fully loaded manager. There is
+Use :func:`build_plugin_host` to get a fresh, fully loaded manager. There is
 no module-level manager: each caller (and each test) builds its own.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 
 import pluggy
 
-from selfsup_core import hookspecs
-from selfsup_core._markers import PROJECT_NAME
+from selfsup_core.plugin import hookspecs
+from selfsup_core.plugin.markers import PROJECT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def blocked_from_env() -> frozenset[str]:
     return frozenset(part.strip() for part in raw.split(",") if part.strip())
 
 
-def get_plugin_manager(
+def build_plugin_host(
     *,
     autoload: bool | None = None,
     blocked: Iterable[str] | None = None,
@@ -84,7 +85,7 @@ def get_plugin_manager(
         ``host.failures`` (and logged); every other plugin still works.
 
     Example:
-        >>> host = get_plugin_manager(autoload=False)
+        >>> host = build_plugin_host(autoload=False)
         >>> host.failures
         []
     """
@@ -120,3 +121,13 @@ def _load_entry_points(host: PluginHost) -> None:
             failure = PluginLoadFailure(entry_point.name, dist, f"{type(exc).__name__}: {exc}")
             host.failures.append(failure)
             logger.warning("plugin %r from %s failed to load: %s", failure.name, dist, failure.error)
+
+
+@functools.cache
+def get_plugin_host() -> PluginHost:
+    """The process's plugin host: built on first use, then shared.
+
+    Pass a host of your own (``pretrain(..., host=build_plugin_host(...))``)
+    to use other plugins, for example in tests.
+    """
+    return build_plugin_host()

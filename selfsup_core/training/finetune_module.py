@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup_core.encoders import build_encoder
-from selfsup_core.export import load_encoder
-from selfsup_core.lightning_base import ImageModule
-from selfsup_core.task import accuracy
+from selfsup_core.models.encoders import build_encoder
+from selfsup_core.models.export import load_encoder
+from selfsup_core.training.image_module import ImageModule
+from selfsup_core.tasks.metrics import accuracy
 from selfsup_core.threads import one_cpu_thread
 
 
@@ -41,7 +41,7 @@ class ClassifierModule(ImageModule):
         warmup_fraction: float = 0.05,
         channels_last: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(channels_last=channels_last)
         self.save_hyperparameters()
         self.encoder = load_encoder(encoder_path, arch=arch) if encoder_path else build_encoder(arch)
         self.head = nn.Linear(self.encoder.feature_dim, num_classes)
@@ -56,7 +56,7 @@ class ClassifierModule(ImageModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """Class logits of images in ``[0, 1]``."""
-        return self.head(self.encoder(self.normalize(images)))
+        return self.head(self.encoder(self.normalizer(images)))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch

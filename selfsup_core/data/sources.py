@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from selfsup_core.cache import load_decoded
-from selfsup_core.data import DecodedImages, ImageList, scan_folder
-from selfsup_core.data import split_indices, stratified_subset
+from selfsup_core.data.cache import load_decoded
+from selfsup_core.data.decoded import DecodedImages
+from selfsup_core.data.files import ImageList, scan_folder
+from selfsup_core.data.decoded import split_indices, stratified_subset
 from selfsup_core.errors import DataError
-from selfsup_core.synthetic import builtin_split
+from selfsup_core.data.glyphs import builtin_split
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Images in: folder scanning, decoding, the decode cache, the built-in glyphs, Lightning data."""

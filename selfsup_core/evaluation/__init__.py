@@ -1,0 +1,1 @@
+"""Judging encoders on labelled images: features, kNN, linear probe, the protocols."""

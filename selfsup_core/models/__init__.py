@@ -1,0 +1,1 @@
+"""Networks: encoders, the U-Net decoder, normalisation, encoder export and import."""

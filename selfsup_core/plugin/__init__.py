@@ -1,0 +1,1 @@
+"""The plugin contract: hook specifications, markers, the plugin host and the registries."""

@@ -1,0 +1,1 @@
+"""What a pretext task is: base classes, options, metrics, the reconstruction base."""

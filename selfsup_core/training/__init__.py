@@ -1,0 +1,1 @@
+"""Training: the one step, the Lightning modules and trainer, pretrain() and finetune(), runs."""
