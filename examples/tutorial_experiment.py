@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 
-from selfsup_core.bench.eval import default_data
-from selfsup_core.training.finetuning import finetune
-from selfsup_core.training.pretraining import pretrain
-from selfsup_core.training.runs import new_run_dir
+from selfsup_core import finetune, pretrain
 
 RECIPE = {"arch": "resnet34", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64}
 
@@ -55,9 +53,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = args.data or default_data()
+    root = args.data or (Path(os.environ["SELFSUP_IMAGENETTE"]) if os.environ.get("SELFSUP_IMAGENETTE") else None)
+    if root is None:
+        parser.error("pass --data IMAGENETTE_ROOT or set SELFSUP_IMAGENETTE")
     train, val = str(root / "train"), str(root / "val")
-    out = args.out or new_run_dir("tutorial")
+    out = args.out or Path("runs") / time.strftime("tutorial-%Y%m%d-%H%M%S")
     common = {**RECIPE, "image_size": args.image_size, "limit": args.limit, "progress": False}
     started = time.perf_counter()
 

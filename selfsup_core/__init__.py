@@ -7,7 +7,13 @@ show it. Jobs::
 
 Plugins and task authors::
 
-    from selfsup_core import hookimpl, TaskSpec, PretextTask, PretextBatch, ClassificationTask
+    from selfsup_core import hookimpl, PretextTask, PretextBatch, ClassificationTask, TaskOptions
+    from selfsup_core.options import option, within   # declaring options
+    from selfsup_core.testing import TaskContract      # the contract suite
+
+The public modules are this one, :mod:`selfsup_core.options`,
+:mod:`selfsup_core.testing` and :mod:`selfsup_core.bench`; everything else
+is internal and may change.
 
 Names are imported on first use, so ``import selfsup_core`` stays light (no
 torch, no Lightning) and ``selfsup --help`` answers at once.
@@ -18,8 +24,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from selfsup_core.errors import (ConfigError, DataError, EncoderFileError, PluginError, SelfsupError,
-                                 TaskConflictError, TaskOptionError, UnknownTaskError)
+from selfsup_core.errors import (
+    ConfigError,
+    DataError,
+    EncoderFileError,
+    PluginError,
+    SelfsupError,
+    TaskConflictError,
+    TaskOptionError,
+    UnknownTaskError,
+)
 from selfsup_core.plugin.markers import hookimpl, hookspec
 
 __version__ = "0.2.0"
@@ -30,10 +44,10 @@ __version__ = "0.2.0"
 _LAZY = {
     # jobs
     "pretrain": "selfsup_core.training.pretraining",
-    "PretrainConfig": "selfsup_core.training.config",
+    "PretrainConfig": "selfsup_core.config",
     "PretrainResult": "selfsup_core.training.pretraining",
     "finetune": "selfsup_core.training.finetuning",
-    "FinetuneConfig": "selfsup_core.training.config",
+    "FinetuneConfig": "selfsup_core.config",
     "FinetuneResult": "selfsup_core.training.finetuning",
     "evaluate": "selfsup_core.evaluation.protocols",
     "EvalResult": "selfsup_core.evaluation.protocols",
@@ -50,6 +64,8 @@ _LAZY = {
     # the plugin host and registries
     "PluginHost": "selfsup_core.plugin.host",
     "get_plugin_host": "selfsup_core.plugin.host",
+    "build_plugin_host": "selfsup_core.plugin.host",
+    "use_plugin_host": "selfsup_core.plugin.host",
     "TaskSpec": "selfsup_core.plugin.registry",
     "EncoderSpec": "selfsup_core.plugin.registry",
     "list_tasks": "selfsup_core.plugin.registry",
@@ -59,7 +75,10 @@ _LAZY = {
     "PretextBatch": "selfsup_core.tasks.base",
     "ClassificationTask": "selfsup_core.tasks.base",
     "map_inputs": "selfsup_core.tasks.base",
+    "TaskOptions": "selfsup_core.tasks.options",
+    "range_option": "selfsup_core.tasks.options",
     "ReconstructionTask": "selfsup_core.tasks.reconstruction",
+    "ReconstructionOptions": "selfsup_core.tasks.reconstruction",
     "accuracy": "selfsup_core.tasks.metrics",
     "psnr": "selfsup_core.tasks.metrics",
     "pretext_step": "selfsup_core.training.step",
@@ -85,17 +104,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+    from selfsup_core.config import FinetuneConfig, PretrainConfig
     from selfsup_core.evaluation.protocols import EvalResult, evaluate
     from selfsup_core.models.encoders import Encoder, build_encoder, list_encoders
     from selfsup_core.models.export import EncoderInfo, load_encoder, read_encoder_info, save_encoder
     from selfsup_core.models.normalization import Normalizer
     from selfsup_core.models.unet import UNetDecoder
-    from selfsup_core.plugin.host import PluginHost, get_plugin_host
+    from selfsup_core.plugin.host import PluginHost, build_plugin_host, get_plugin_host, use_plugin_host
     from selfsup_core.plugin.registry import EncoderSpec, TaskSpec, create_task, list_tasks
     from selfsup_core.tasks.base import ClassificationTask, PretextBatch, PretextTask, map_inputs
     from selfsup_core.tasks.metrics import accuracy, psnr
-    from selfsup_core.tasks.reconstruction import ReconstructionTask
-    from selfsup_core.training.config import FinetuneConfig, PretrainConfig
+    from selfsup_core.tasks.options import TaskOptions, range_option
+    from selfsup_core.tasks.reconstruction import ReconstructionOptions, ReconstructionTask
     from selfsup_core.training.finetuning import FinetuneResult, finetune
     from selfsup_core.training.pretraining import PretrainResult, pretrain
     from selfsup_core.training.step import pretext_step

@@ -1,7 +1,10 @@
 """The ``selfsup`` command line: a thin layer over the Python API.
 
-Every sub-command calls a library function; user errors
-(:class:`~selfsup_core.errors.SelfsupError`) print one message and exit 1.
+Every command's options come from its settings dataclass in
+:mod:`selfsup_core.config` (one declaration gives the flags, their help with
+defaults, the ``--config`` file keys and the checks), so the command line,
+config files and the Python API accept the same things. User errors
+(:class:`~selfsup_core.errors.SelfsupError`) print one line and exit 1.
 """
 
 from __future__ import annotations
@@ -11,148 +14,230 @@ import importlib
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
-from typing import Any
-
-import yaml
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 from selfsup_core import __version__
-from selfsup_core.errors import SelfsupError
+from selfsup_core import config as settings
+from selfsup_core.errors import ConfigError, SelfsupError
+from selfsup_core.options import Options, add_option_arguments, parse_value
 
-# Sub-commands implemented in modules of their own: name -> (module, help).
-BENCHMARKS = {
-    "tasks": ("selfsup_core.bench.tasks", "time each task's batch generation against its train step"),
-    "throughput": ("selfsup_core.bench.throughput", "images/s of the data path and training loop"),
-    "eval": ("selfsup_core.bench.eval", "pretrain, evaluate and compare against a random encoder"),
-}
-EVALUATE = ("selfsup_core.evaluation.protocols", "kNN, linear probe or fine-tune evaluation of an encoder")
+if TYPE_CHECKING:
+    from selfsup_core.plugin.host import PluginHost
 
 
-def _task_option(text: str) -> tuple[str, Any]:
+@dataclass(frozen=True)
+class Command:
+    """One command: its settings class, one line of help and what runs it."""
+
+    config: type[Options]
+    help: str
+    handler: str
+    """``module:function`` called with the settings; returns the exit status."""
+    extra: Callable[[argparse.ArgumentParser], None] | None = None
+    exclude: tuple[str, ...] = ()
+
+
+def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    # YAML typing: 6 -> int, 0.5 -> float, true -> bool, [1, 2] -> list.
-    return key.strip().replace("-", "_"), yaml.safe_load(value)
+    return key.strip().replace("-", "_"), parse_value(value)
 
 
-def _installed_tasks_text() -> str:
-    from selfsup_core.plugin.registry import build_task_registry
-
-    registry = build_task_registry()
-    lines = [f"  {name:<12} {registry.entries[name].spec.summary if name in registry.entries else '(conflict)'}"
-             for name in registry.names()]
-    return "installed tasks:\n" + "\n".join(lines or ["  (none)"])
+def _task_key_value(text: str) -> tuple[str, str, Any]:
+    task, sep, rest = text.partition(":")
+    if not sep or not task.strip():
+        raise argparse.ArgumentTypeError(f"expected TASK:KEY=VALUE, got {text!r}")
+    return (task.strip(), *_key_value(rest))
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    s = argparse.SUPPRESS  # only flags given on the command line override the file
-    parser.add_argument("--config", metavar="FILE.yaml", default=s, help="YAML file with the same keys")
-    parser.add_argument("--data", metavar="DIR", default=s, help="image folder (default: built-in glyphs)")
-    parser.add_argument("--image-size", type=int, default=s, help="square training size")
-    parser.add_argument("--batch-size", type=int, default=s)
-    parser.add_argument("--max-epochs", type=int, default=s)
-    parser.add_argument("--lr", type=float, default=s, help="peak learning rate (AdamW, cosine)")
-    parser.add_argument("--seed", type=int, default=s)
-    parser.add_argument("--num-workers", type=int, default=s, help="image decoding processes")
-    parser.add_argument("--devices", default=s, help="Lightning devices (default: auto)")
-    parser.add_argument("--precision", default=s, help="e.g. 32-true, bf16-mixed (default: bf16 on GPU)")
-    parser.add_argument("--limit", type=int, default=s, help="seeded subset of N training images")
-    parser.add_argument("--out", metavar="DIR", default=s, help="run folder (default: new one in runs/)")
-    parser.add_argument("--resume", action="store_true", default=s, help="continue the run in --out")
-    parser.add_argument("--overwrite", action="store_true", default=s, help="reuse a non-empty --out")
-    parser.add_argument("--no-cache", dest="cache", action="store_false", default=s,
-                        help="decode images every run instead of using the decode cache")
-    parser.add_argument("--data-on-device", action=argparse.BooleanOptionalAction, default=s,
-                        help="keep decoded images in GPU memory (default: when they fit)")
-    parser.add_argument("--compile", action="store_true", default=s,
-                        help="torch.compile encoder and head (slow start, faster steps on GPUs)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=s)
+def _pretrain_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task-option", dest="task_option_items", type=_key_value, action="append",
+                        default=argparse.SUPPRESS, metavar="KEY=VALUE",
+                        help="a task option, repeatable; lists are written [0.7, 1.0]; "
+                             "selfsup tasks --options NAME lists them (default: the task's defaults)")
+
+
+def _bench_eval_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task-option", dest="task_option_items", type=_task_key_value, action="append",
+                        default=argparse.SUPPRESS, metavar="TASK:KEY=VALUE",
+                        help="an option of one task, e.g. rotation:num_transforms=6, repeatable "
+                             "(default: each task's defaults)")
+    parser.add_argument("--task-epochs", dest="task_epoch_items", type=_key_value, action="append",
+                        default=argparse.SUPPRESS, metavar="TASK=N",
+                        help="pretext epochs of one task, overriding --pretrain-epochs, repeatable (default: none)")
+
+
+COMMANDS: dict[str, Command] = {
+    "pretrain": Command(settings.PretrainConfig, "pretrain an encoder on a pretext task",
+                        "selfsup_core.cli:run_pretrain", _pretrain_flags, exclude=("task_options",)),
+    "finetune": Command(settings.FinetuneConfig, "fine-tune a classifier on an encoder (or from scratch)",
+                        "selfsup_core.cli:run_finetune"),
+    "evaluate": Command(settings.EvaluateConfig, "kNN, linear probe or fine-tune evaluation of an encoder",
+                        "selfsup_core.cli:run_evaluate"),
+}
+BENCHMARKS: dict[str, Command] = {
+    "tasks": Command(settings.BenchTasksConfig, "time each task's batch generation against its train step",
+                     "selfsup_core.bench.tasks:run"),
+    "throughput": Command(settings.BenchThroughputConfig, "images/s of the data path and training loop",
+                          "selfsup_core.bench.throughput:run"),
+    "eval": Command(settings.BenchEvalConfig, "pretrain, evaluate and compare against a random encoder",
+                    "selfsup_core.bench.eval:run", _bench_eval_flags, exclude=("task_options", "task_epochs")),
+}
+
+
+def _add_command(commands: Any, name: str, command: Command) -> None:
+    sub = commands.add_parser(name, help=command.help, description=command.help[0].upper() + command.help[1:] + ".")
+    sub.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                     help="YAML file with any of these options as keys (underscores or dashes); "
+                          "the command line wins over the file, the file over the defaults (default: none)")
+    add_option_arguments(sub, command.config, exclude=command.exclude)
+    if command.extra is not None:
+        command.extra(sub)
+    sub.set_defaults(command_spec=command)
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """The argument parser. Modules of sub-commands named in ``argv`` are
-    imported to add their options; the others stay unimported (fast start)."""
-    wanted = set(argv)
+    """The argument parser of every command (imports neither torch nor Lightning)."""
     parser = argparse.ArgumentParser(
         prog="selfsup", description="Self-supervised pretraining of image encoders.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_installed_tasks_text(),
+        epilog="selfsup tasks lists the installed pretext tasks; selfsup COMMAND --help, each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"selfsup {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and plugin tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("tasks", help="list installed tasks and where they come from")
-
-    pre = commands.add_parser(
-        "pretrain", help="pretrain an encoder on a pretext task",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_installed_tasks_text(),
-    )
-    pre.add_argument("--task", default=argparse.SUPPRESS, help="task name (default: rotation)")
-    pre.add_argument("--arch", default=argparse.SUPPRESS, help="encoder: resnet18, resnet34, tiny")
-    pre.add_argument("--val-fraction", type=float, default=argparse.SUPPRESS)
-    pre.add_argument("--task-option", dest="task_options", type=_task_option, action="append",
-                     default=argparse.SUPPRESS, metavar="KEY=VALUE", help="task option (repeatable)")
-    _add_run_arguments(pre)
-
-    fine = commands.add_parser("finetune", help="fine-tune a classifier on an encoder (or from scratch)")
-    fine.add_argument("--encoder", required=True, metavar="FILE|none",
-                      help="encoder.safetensors from pretrain, or 'none' for the from-scratch baseline")
-    fine.add_argument("--arch", default=argparse.SUPPRESS, help="architecture (default: the encoder's)")
-    fine.add_argument("--val-data", metavar="DIR", default=argparse.SUPPRESS)
-    fine.add_argument("--val-fraction", type=float, default=argparse.SUPPRESS)
-    fine.add_argument("--label-fraction", type=float, default=argparse.SUPPRESS,
-                      help="seeded, stratified share of the labelled images to train on")
-    _add_run_arguments(fine)
-
-    for name, (module, help_text) in [("evaluate", EVALUATE)]:
-        _add_module_command(commands, name, module, help_text, name in wanted)
-    bench = commands.add_parser("bench", help="benchmarks")
+    tasks = commands.add_parser("tasks", help="list installed tasks and where they come from")
+    tasks.add_argument("--options", metavar="NAME", help="show the options of task NAME: type, default, meaning")
+    for name, command in COMMANDS.items():
+        _add_command(commands, name, command)
+    bench = commands.add_parser("bench", help="benchmarks: tasks, throughput, eval")
     bench_commands = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-    for name, (module, help_text) in BENCHMARKS.items():
-        _add_module_command(bench_commands, name, module, help_text, "bench" in wanted and name in wanted)
+    for name, command in BENCHMARKS.items():
+        _add_command(bench_commands, name, command)
     return parser
 
 
-def _add_module_command(commands: Any, name: str, module_name: str, help_text: str, load: bool) -> None:
-    sub = commands.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
-    if load:
-        module = importlib.import_module(module_name)
-        sub.description = module.__doc__
-        module.add_arguments(sub)
-        sub.set_defaults(handler=module.run)
-
-
-def _merged(args: argparse.Namespace, skip: Sequence[str]) -> dict[str, Any]:
+def settings_from_args(args: argparse.Namespace, command: Command) -> Options:
+    """The command's settings: defaults < ``--config`` file < flags given on the command line."""
+    names = {f.name for f in fields(command.config)}
+    given = {k: v for k, v in vars(args).items() if k in names}
     values: dict[str, Any] = {}
-    given = {k: v for k, v in vars(args).items() if k not in skip}
-    config_file = given.pop("config", None)
+    config_file = getattr(args, "config", None)
     if config_file:
-        from selfsup_core.training.config import read_yaml
-
-        values.update(read_yaml(config_file))
-    if "task_options" in given:
-        options = dict(values.get("task_options") or {})
-        options.update(dict(given.pop("task_options")))
-        given["task_options"] = options
+        values = {str(k).replace("-", "_"): v for k, v in settings.read_yaml(config_file).items()}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"config file {config_file}: unknown key(s) {', '.join(unknown)}; "
+                              f"known keys: {', '.join(sorted(names))}.")
     values.update(given)
-    return values
+    items = getattr(args, "task_option_items", [])
+    if items and len(items[0]) == 2:  # pretrain: KEY=VALUE
+        values["task_options"] = {**_mapping(values.get("task_options"), "task_options"), **dict(items)}
+    elif items:  # bench eval: TASK:KEY=VALUE
+        options = {task: dict(opts) for task, opts in _mapping(values.get("task_options"), "task_options").items()}
+        for task, key, value in items:
+            options.setdefault(task, {})[key] = value
+        values["task_options"] = options
+    if getattr(args, "task_epoch_items", None):
+        values["task_epochs"] = {**_mapping(values.get("task_epochs"), "task_epochs"), **dict(args.task_epoch_items)}
+    source = "selfsup " + (f"bench {args.bench}" if args.command == "bench" else args.command)
+    return command.config.from_mapping(values, source=source)
 
 
-def _print_tasks() -> int:
-    from selfsup_core.plugin.registry import build_task_registry
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping of names to values, got {value!r}.")
+    return value
 
-    registry = build_task_registry()
+
+def run_pretrain(config: settings.PretrainConfig) -> int:
+    """``selfsup pretrain``: train, export, then say what to run next."""
+    from selfsup_core.training.pretraining import pretrain
+
+    result = pretrain(config)
+    _report(result.metrics, f"encoder: {result.encoder_path}", result.seconds)
+    data = f" --data {config.data}" if config.data else ""
+    print(f"next: selfsup evaluate --encoder {result.encoder_path} --protocol knn{data}   "
+          f"(labelled data; or selfsup finetune --encoder {result.encoder_path} ...)")
+    return 0
+
+
+def run_finetune(config: settings.FinetuneConfig) -> int:
+    """``selfsup finetune``: train the classifier, print its validation accuracy."""
+    from selfsup_core.training.finetuning import finetune
+
+    outcome = finetune(config)
+    print(f"val accuracy (final epoch): {outcome.val_acc:.4f}")
+    print(f"val accuracy (best epoch, optimistic): {outcome.best_val_acc:.4f}")
+    print(f"trained on {outcome.train_images} labelled images in {outcome.seconds:.1f} s; "
+          f"run folder: {outcome.run_dir}")
+    return 0
+
+
+def run_evaluate(config: settings.EvaluateConfig) -> int:
+    """``selfsup evaluate``: print the result as one JSON line."""
+    import json
+
+    from selfsup_core.evaluation.protocols import evaluate
+
+    print(json.dumps(evaluate(config).as_dict()))
+    return 0
+
+
+def _print_tasks(host: PluginHost | None = None, verbose: bool = False) -> int:
+    """``selfsup tasks``: one line per task, per conflict and per broken plugin."""
+    from selfsup_core.plugin.host import get_plugin_host
+
+    if host is None:
+        # This listing reports every problem: without -v, building the host need not log them too.
+        plugin_logger = logging.getLogger("selfsup_core.plugin")
+        saved = plugin_logger.level
+        plugin_logger.setLevel(plugin_logger.level if verbose else logging.ERROR)
+        try:
+            host = get_plugin_host()
+        finally:
+            plugin_logger.setLevel(saved)
+    registry = host.tasks
+    shown: list[object] = []
     for name in registry.names():
-        if name in registry.conflicts:
-            owners = ", ".join(f"{e.distribution} ({e.plugin})" for e in registry.conflicts[name])
-            print(f"{name:<12} CONFLICT: registered by {owners}")
-            continue
-        entry = registry.entries[name]
-        print(f"{name:<12} {entry.spec.summary}  [{entry.distribution}]")
-    for failure in registry.failures:
-        print(f"warning: plugin {failure.name!r} ({failure.distribution}) failed to load: {failure.error}",
-              file=sys.stderr)
+        if name in registry.entries:
+            entry = registry.entries[name]
+            print(f"{name:<12} {entry.spec.summary}  [{entry.distribution}]")
+        for conflict in host.conflicts:  # several for one name only across kinds
+            if conflict.kind == "task" and conflict.name == name:
+                print(f"{name:<12} {conflict.describe()}")
+                shown.append(conflict)
+    # Broken plugins and the conflicts no task line carries (entry points, encoders).
+    for problem in [*host.conflicts, *host.failures]:
+        if problem not in shown:
+            print(f"warning: {problem.describe()}", file=sys.stderr)
+    return 0
+
+
+def _print_task_options(name: str, host: PluginHost | None = None) -> int:
+    """``selfsup tasks --options NAME``: the task's declared options, one row each."""
+    from selfsup_core.plugin.host import get_plugin_host
+    from selfsup_core.tasks.options import options_class
+
+    declared = options_class((host or get_plugin_host()).tasks.get(name).spec.factory)
+    if declared is None:
+        print(f"task {name!r} declares no Options class: its options are checked only when it is built")
+        return 0
+    rows = [("option", "type", "default", "meaning")]
+    rows += [(i.name, i.type_text, i.default_text, i.help) for i in declared.describe()]
+    if len(rows) == 1:
+        print(f"task {name!r} takes no options")
+        return 0
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    print(f"\nset with: selfsup pretrain --task {name} --task-option NAME=VALUE "
+          "(YAML values: 6, 0.5, true, [0.7, 1.0])")
     return 0
 
 
@@ -163,40 +248,36 @@ def _quiet_lightning(verbose: bool) -> None:
                  "lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("selfsup_core").setLevel(logging.INFO)
+    # -v: a broken plugin's traceback (logged at DEBUG) shows its author file:line.
+    logging.getLogger("selfsup_core.plugin").setLevel(logging.DEBUG if verbose else logging.NOTSET)
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*on_after_batch_transfer.*")
     warnings.filterwarnings("ignore", ".*litlogger.*")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+def main(argv: Sequence[str] | None = None, host: PluginHost | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        host: The plugin host every command uses (default: the process's,
+            :func:`~selfsup_core.plugin.host.get_plugin_host`); tests pass one.
+    """
+    from selfsup_core.plugin.host import use_plugin_host
+
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
-        parser = build_parser(argv)
-        args = parser.parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         _quiet_lightning(args.verbose)
+        if args.command == "tasks" and args.options:
+            return _print_task_options(args.options, host)
         if args.command == "tasks":
-            return _print_tasks()
-        if args.command == "pretrain":
-            from selfsup_core.training.config import PretrainConfig, config_from_mapping
-            from selfsup_core.training.pretraining import pretrain
-
-            config = config_from_mapping(PretrainConfig, _merged(args, ("command", "verbose")), "pretrain")
-            result = pretrain(config)
-            _report(result.metrics, f"encoder: {result.encoder_path}", result.seconds)
-            return 0
-        if args.command == "finetune":
-            from selfsup_core.training.config import FinetuneConfig, config_from_mapping
-            from selfsup_core.training.finetuning import finetune
-
-            config = config_from_mapping(FinetuneConfig, _merged(args, ("command", "verbose")), "finetune")
-            outcome = finetune(config)
-            print(f"val accuracy (final epoch): {outcome.val_acc:.4f}")
-            print(f"val accuracy (best epoch, optimistic): {outcome.best_val_acc:.4f}")
-            print(f"trained on {outcome.train_images} labelled images in {outcome.seconds:.1f} s; "
-                  f"run folder: {outcome.run_dir}")
-            return 0
-        return int(args.handler(args))
+            return _print_tasks(host, verbose=args.verbose)
+        command: Command = args.command_spec
+        config = settings_from_args(args, command)
+        module, function = command.handler.split(":")
+        with use_plugin_host(host):  # commands look plugins up deep down: one host for all of them
+            return int(getattr(importlib.import_module(module), function)(config))
     except SelfsupError as exc:
         print(f"selfsup: error: {exc}", file=sys.stderr)
         return 1

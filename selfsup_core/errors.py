@@ -20,10 +20,6 @@ class TaskConflictError(SelfsupError):
     """Two plugins registered the same task name."""
 
 
-class TaskOptionError(SelfsupError):
-    """A task option the task does not know, or a value it rejects."""
-
-
 class DataError(SelfsupError):
     """Missing, empty or unreadable data."""
 
@@ -34,6 +30,14 @@ class EncoderFileError(SelfsupError):
 
 class ConfigError(SelfsupError):
     """A bad configuration value or file."""
+
+
+class TaskOptionError(ConfigError, ValueError):
+    """A task option the task does not know, or a value it rejects.
+
+    A :class:`ValueError` too, so building a task class directly with a bad
+    value (``RotationTask(num_transforms=5)``) raises what Python code expects.
+    """
 
 
 class PluginError(SelfsupError):

@@ -22,8 +22,8 @@ import yaml
 from torch import Tensor
 
 from selfsup_core.models.encoders import TinyEncoder
-from selfsup_core.plugin.registry import create_task
 from selfsup_core.models.normalization import Normalizer
+from selfsup_core.plugin.registry import create_task
 from selfsup_core.tasks.base import PretextBatch, PretextTask
 from selfsup_core.training.step import optimiser_step, pretext_step
 
@@ -55,15 +55,46 @@ def check_batch(task: PretextTask, images: Tensor) -> PretextBatch:
     return batch
 
 
+def check_dtype(task: PretextTask, images: Tensor) -> None:
+    """``make_batch`` keeps the images' float dtype: float32 in, float32 out.
+
+    A task that returns float64 doubles the cost of every layer (or fails
+    against float32 weights); one that returns half precision loses the
+    detail its targets ask for. Mixed precision is the trainer's job
+    (autocast, see :func:`check_autocast_step`), not the task's.
+    """
+    batch = task.make_batch(images)
+    for view in _views(batch.inputs):
+        assert view.dtype == images.dtype, (
+            f"inputs are {view.dtype} for {images.dtype} images: make_batch must keep the images' dtype"
+        )
+    if batch.targets is not None and batch.targets.is_floating_point():
+        assert batch.targets.dtype == images.dtype, (
+            f"targets are {batch.targets.dtype} for {images.dtype} images: make_batch must keep the images' dtype"
+        )
+
+
 def check_reproducible(task: PretextTask, images: Tensor) -> None:
-    """The same seed gives the same batch: every draw uses torch's seeded generators."""
+    """The same seed gives the same batch: inputs, targets and every extra.
+
+    Every draw must use torch's seeded generators; a target or an extra drawn
+    elsewhere would make a seeded run irreproducible even with equal inputs.
+    """
     def draw() -> PretextBatch:
         torch.manual_seed(0)
         return task.make_batch(images)
 
     first, second = draw(), draw()
-    for a, b in zip(_views(first.inputs), _views(second.inputs)):
-        assert torch.equal(a, b), "make_batch is not reproducible under torch.manual_seed"
+    message = "make_batch is not reproducible under torch.manual_seed"
+    for a, b in zip(_views(first.inputs), _views(second.inputs), strict=True):
+        assert torch.equal(a, b), f"{message}: inputs differ"
+    if first.targets is None or second.targets is None:
+        assert first.targets is second.targets, f"{message}: targets are None only once"
+    else:
+        assert torch.equal(first.targets, second.targets), f"{message}: targets differ"
+    assert first.extras.keys() == second.extras.keys(), f"{message}: extras have different keys"
+    for name, extra in first.extras.items():
+        assert torch.equal(extra, second.extras[name]), f"{message}: extras[{name!r}] differ"
 
 
 def check_training_step(task: PretextTask, images: Tensor) -> None:
@@ -95,12 +126,51 @@ def check_training_step(task: PretextTask, images: Tensor) -> None:
             assert column.shape[1:] == images.shape[1:], f"preview column {name!r} is not images-shaped"
 
 
-def check_options_plain(task: PretextTask) -> None:
-    """Options are plain values, so runs can be saved and resumed safely."""
+def check_autocast_step(task: PretextTask, images: Tensor) -> None:
+    """Under bfloat16 autocast (what the trainer uses on GPUs) the step gives a finite float loss.
+
+    Catches tasks that break in reduced precision: float32-only constants
+    that overflow, ops that reject mixed dtypes, losses that turn to NaN.
+    """
+    encoder = TinyEncoder().to(images.device)
+    head = task.build_head(encoder).to(images.device)
+    normalizer = Normalizer().to(images.device)
     try:
-        yaml.safe_dump(task.options)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            loss = pretext_step(task, encoder, head, images, normalizer).loss
+    except RuntimeError as exc:  # a dtype clash deep in the task: name the rule it breaks
+        raise AssertionError(f"the step fails under bfloat16 autocast: {exc}") from exc
+    assert isinstance(loss, Tensor) and loss.dim() == 0, "under bfloat16 autocast the loss must be a scalar tensor"
+    assert loss.is_floating_point(), f"under bfloat16 autocast the loss is {loss.dtype}, not a float"
+    assert torch.isfinite(loss), f"under bfloat16 autocast the loss is not finite: {loss}"
+
+
+def check_options_plain(task: PretextTask) -> None:
+    """Options are declared (an ``Options`` dataclass) and resolve to plain values.
+
+    A run saves ``task.options.to_dict()`` and the task must be rebuilt from
+    it, so every value must be YAML-safe and give back the same options.
+    """
+    from dataclasses import is_dataclass
+
+    from selfsup_core.tasks.options import TaskOptions
+
+    declared = getattr(type(task), "Options", None)
+    assert isinstance(declared, type) and issubclass(declared, TaskOptions) and is_dataclass(declared), (
+        f"{type(task).__name__}.Options must be a TaskOptions dataclass, got {declared!r}"
+    )
+    assert isinstance(task.options, declared), (
+        f"task.options must be a {declared.__name__}, got {type(task.options).__name__}: "
+        "pass options on to super().__init__(options, **kwargs)"
+    )
+    saved = task.options.to_dict()
+    try:
+        text = yaml.safe_dump(saved)
     except yaml.YAMLError as exc:
         raise AssertionError(f"task options must be plain values (numbers, strings, lists): {exc}") from exc
+    assert declared(**yaml.safe_load(text)) == task.options, (
+        "task options do not survive a YAML round trip: the saved run would rebuild another task"
+    )
 
 
 def check_task(task: PretextTask, device: str | torch.device = "cpu") -> None:
@@ -108,8 +178,10 @@ def check_task(task: PretextTask, device: str | torch.device = "cpu") -> None:
     task = task.to(device)
     images = torch.rand(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
     check_batch(task, images)
+    check_dtype(task, images)
     check_reproducible(task, images)
     check_training_step(task, images)
+    check_autocast_step(task, images)
     check_options_plain(task)
 
 
@@ -136,11 +208,17 @@ class TaskContract:
     def test_batch(self) -> None:
         self._each_device(check_batch)
 
+    def test_dtype(self) -> None:
+        self._each_device(check_dtype)
+
     def test_reproducible(self) -> None:
         self._each_device(check_reproducible)
 
     def test_training_step(self) -> None:
         self._each_device(check_training_step)
+
+    def test_autocast_step(self) -> None:
+        self._each_device(check_autocast_step)
 
     def test_options_plain(self) -> None:
         check_options_plain(self.make_task())

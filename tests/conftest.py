@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,8 @@ from PIL import Image
 from selfsup_core.data.glyphs import generate_glyphs
 from selfsup_core.plugin.host import get_plugin_host
 
-IMAGENETTE = Path(os.environ.get("SELFSUP_IMAGENETTE", Path(__file__).parents[1] / ".." / "shared" / "data" / "imagenette2-224"))
+_SHARED_IMAGENETTE = Path(__file__).parents[1] / ".." / "shared" / "data" / "imagenette2-224"
+IMAGENETTE = Path(os.environ.get("SELFSUP_IMAGENETTE", _SHARED_IMAGENETTE))
 
 
 @pytest.fixture(autouse=True)
@@ -52,3 +56,36 @@ def imagenette() -> Path:
     if not (IMAGENETTE / "train").is_dir():
         pytest.skip("Imagenette not found: set SELFSUP_IMAGENETTE")
     return IMAGENETTE
+
+
+class FakeEntryPoint:
+    """Stands in for an installed entry point of the ``selfsup`` group.
+
+    ``load()`` raises ``target`` when it is an exception, imports it when it is
+    a module name, and returns it otherwise.
+    """
+
+    def __init__(self, name: str, dist: str, target: object) -> None:
+        self.name, self.group, self.target = name, "selfsup", target
+        self.dist = type("Dist", (), {"name": dist})()
+
+    def load(self) -> object:
+        if isinstance(self.target, BaseException):
+            raise self.target
+        if isinstance(self.target, str):
+            return importlib.import_module(self.target)
+        return self.target
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeEntryPoint]]:
+    """Entry points appended to this list are installed in front of the real ones."""
+    extra: list[FakeEntryPoint] = []
+    real = importlib.metadata.entry_points
+
+    def entry_points(**params: str) -> object:
+        # Other libraries (triton, imported by Lightning) look up their own groups.
+        return [*extra, *real(**params)] if params.get("group") == "selfsup" else real(**params)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    yield extra

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from selfsup_core.cli import main
 from conftest import write_image_folder
+
+from selfsup_core.cli import main
 
 
 def test_bench_eval_writes_table_and_json(tmp_path: Path, capsys) -> None:

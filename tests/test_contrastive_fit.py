@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup_core import PretextBatch, PretextTask
+from selfsup_core import Normalizer, PretextBatch, PretextTask, TaskOptions
 from selfsup_core.models.encoders import TinyEncoder
-from selfsup_core import Normalizer
-from selfsup_core.training.step import optimiser_step, pretext_step
+from selfsup_core.options import option, positive
 from selfsup_core.testing import check_task
+from selfsup_core.training.step import optimiser_step, pretext_step
+
+
+@dataclass(frozen=True)
+class TwoViewOptions(TaskOptions):
+    temperature: float = option(0.5, help="NT-Xent temperature", check=positive)
 
 
 class TwoViewTask(PretextTask):
     """A minimal SimCLR: two random crops+flips per image, NT-Xent loss."""
 
-    def __init__(self, temperature: float = 0.5) -> None:
-        super().__init__(temperature=temperature)
-        self.temperature = temperature
+    Options = TwoViewOptions
 
     def _view(self, images: Tensor) -> Tensor:
         b, _, h, w = images.shape
@@ -36,7 +41,7 @@ class TwoViewTask(PretextTask):
     def loss(self, outputs: tuple[Tensor, Tensor], batch: PretextBatch) -> Tensor:
         z = F.normalize(torch.cat(outputs), dim=1)
         n = len(outputs[0])
-        similarity = z @ z.T / self.temperature
+        similarity = z @ z.T / self.options.temperature
         similarity.fill_diagonal_(float("-inf"))
         positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
         return F.cross_entropy(similarity, positives)

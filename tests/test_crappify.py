@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from selfsup_core import Normalizer, create_task, list_tasks
-from selfsup_core.training.step import optimiser_step, pretext_step
-from selfsup_core.models.encoders import build_encoder
-from selfsup_core.errors import TaskOptionError
-from selfsup_core.data.glyphs import generate_glyphs
 from selfsup_crappify import CrappifyTask
 from selfsup_crappify.overlay import render_text_bank
 from selfsup_crappify.resample import down_up
+
+from selfsup_core import Normalizer, create_task, list_tasks
+from selfsup_core.data.glyphs import generate_glyphs
+from selfsup_core.errors import TaskOptionError
+from selfsup_core.models.encoders import build_encoder
+from selfsup_core.training.step import optimiser_step, pretext_step
 
 OFF = {"resize_p": 0.0, "noise_p": 0.0, "text_p": 0.0, "jpeg_p": 0.0}
 
@@ -127,7 +127,7 @@ def test_losses_are_zero_on_the_target_and_positive_elsewhere(loss: str) -> None
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"jpeg_p": 1.5}, "jpeg_p must be a probability"),
+        ({"jpeg_p": 1.5}, r"jpeg_p must be in \[0, 1\], got 1.5"),
         ({"noise_p": -0.1}, "noise_p"),
         ({"resize_factor": (0.5, 2.0)}, "resize_factor"),
         ({"jpeg_quality": (0, 50)}, "jpeg_quality"),
@@ -135,8 +135,10 @@ def test_losses_are_zero_on_the_target_and_positive_elsewhere(loss: str) -> None
         ({"jpeg_quality": (10.5, 50)}, "jpeg_quality"),
         ({"noise_std": 2.0}, "noise_std"),
         ({"text_marks": 0}, "text_marks"),
-        ({"loss": "l2"}, "loss must be one of l1, ssim, l1\\+ssim"),
+        ({"loss": "l2"}, r"loss must be one of 'l1', 'ssim', 'l1\+ssim', got 'l2'"),
         ({"bank_size": 0}, "bank_size"),
+        ({"text_height": (0.3, 0.1)}, "text_height must be \\(min, max\\) with min <= max"),
+        ({"residual": 1}, "residual must be true or false"),
     ],
 )
 def test_bad_options_are_value_errors(options: dict, message: str) -> None:
@@ -161,3 +163,14 @@ def test_a_few_steps_of_training_lower_the_loss() -> None:
         optimiser_step(loss, optimiser)
         losses.append(loss.item())
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+
+
+def test_options_are_declared_once_and_saved_with_their_defaults() -> None:
+    from selfsup_crappify import CrappifyOptions
+
+    task = create_task("crappify", jpeg_quality=30, text_p=0.0)
+    assert isinstance(task.options, CrappifyOptions)
+    assert task.options.jpeg_quality == (30, 30) and task.options.residual is True  # crappify's own default
+    saved = task.options.to_dict()
+    assert saved["jpeg_quality"] == [30, 30] and saved["resize_factor"] == [1.5, 4.0] and saved["loss"] == "l1"
+    assert task.text_bank.shape == (1, 1, 32, 128)  # derived from the options: no text, no bank

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from selfsup_cutout import CutoutTask, draw_boxes
 
 from selfsup_core import create_task, list_tasks
 from selfsup_core.errors import TaskOptionError
-from selfsup_cutout import CutoutTask, draw_boxes
 
 
 def reference_mask(coords: torch.Tensor, active: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -105,7 +105,7 @@ def test_loss_counts_the_erased_region_and_optionally_the_rest() -> None:
         ({"area": 1.5}, "area"),
         ({"area": "big"}, "area"),
         ({"aspect": (2.0, 1.0)}, "aspect"),
-        ({"fill": "blue"}, "fill must be one of noise, zero, mean"),
+        ({"fill": "blue"}, "fill must be one of 'noise', 'zero', 'mean', got 'blue'"),
         ({"whole_weight": -1}, "whole_weight"),
         ({"drop_skips": -1}, "drop_skips"),
     ],
@@ -119,8 +119,11 @@ def test_bad_options_are_value_errors(options: dict, message: str) -> None:
 
 def test_options_are_saved_as_plain_types() -> None:
     task = CutoutTask(boxes=2, area=(0.1, 0.2))
-    assert task.options["boxes"] == [2, 2] and task.options["area"] == [0.1, 0.2]
-    assert CutoutTask(**task.options).options == task.options
+    assert task.options.boxes == (2, 2) and task.options.area == (0.1, 0.2)  # one number x means (x, x)
+    saved = task.options.to_dict()
+    assert saved["boxes"] == [2, 2] and saved["area"] == [0.1, 0.2]
+    assert saved["residual"] is False and saved["fill"] == "noise"  # defaults are saved too
+    assert CutoutTask(**saved).options == task.options
 
 
 def test_inpainted_keeps_known_pixels_and_takes_the_boxes_from_the_network() -> None:

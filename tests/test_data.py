@@ -9,10 +9,9 @@ import torch
 from PIL import Image
 
 from selfsup_core.data.decoded import decode_images, split_indices, stratified_subset
-
 from selfsup_core.data.files import load_image, scan_folder
-from selfsup_core.errors import DataError
 from selfsup_core.data.glyphs import CLASSES, builtin_split, generate_glyphs
+from selfsup_core.errors import DataError
 
 
 def test_scan_labelled_folder(image_folder: Path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from selfsup_core.data.decoded import DecodedImages
 from selfsup_core.data.datamodule import NO_LABEL, ImageDataModule
+from selfsup_core.data.decoded import DecodedImages
 
 
 def _data(n: int = 40) -> DecodedImages:

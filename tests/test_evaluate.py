@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_image_folder
+
 from selfsup_core.cli import main
 from selfsup_core.errors import ConfigError, EncoderFileError
-from selfsup_core.evaluation.protocols import evaluate, open_encoder
 from selfsup_core.evaluation.features import extract_features
 from selfsup_core.evaluation.knn import knn_predict
 from selfsup_core.evaluation.probe import train_linear_probe
+from selfsup_core.evaluation.protocols import evaluate, open_encoder
 
 
 @pytest.fixture
@@ -57,7 +57,8 @@ def test_knn_temperature_weights_the_nearest_neighbour() -> None:
 
 
 def test_linear_probe_learns_separable_features() -> None:
-    centres = torch.randn(4, 32, generator=torch.Generator().manual_seed(0)) * 2 + 50  # far off zero: needs standardising
+    # Far off zero: needs standardising.
+    centres = torch.randn(4, 32, generator=torch.Generator().manual_seed(0)) * 2 + 50
     train, train_labels = _clusters(25, centres, seed=0)
     val, val_labels = _clusters(10, centres, seed=1)
     probe = train_linear_probe(train, train_labels, 4, steps=100)
@@ -77,11 +78,13 @@ def test_random_encoder_is_seeded_and_features_are_frozen() -> None:
 
 @pytest.mark.parametrize("protocol", ["knn", "linear"])
 def test_frozen_protocols_through_the_library(protocol: str, folders: tuple[str, str], tmp_path: Path) -> None:
-    result = evaluate("none", protocol, arch="tiny", data=folders[0], val_data=folders[1], image_size=32,
+    result = evaluate(encoder="none", protocol=protocol, arch="tiny", data=folders[0], val_data=folders[1],
+                      image_size=32,
                       label_fraction=0.5, seed=3, out=tmp_path / "ev")
     row = result.as_dict()
     assert 0 <= row["top1"] <= 1 and row["val_images"] == 12 and row["image_size"] == 32
-    assert (row["protocol"], row["encoder"], row["task"], row["arch"], row["seed"]) == (protocol, "none", "none", "tiny", 3)
+    described = (row["protocol"], row["encoder"], row["task"], row["arch"], row["seed"])
+    assert described == (protocol, "none", "none", "tiny", 3)
     if protocol == "knn":
         assert (row["k"], row["temperature"], row["bank_size"]) == (12, 0.07, 12)  # k capped at the bank
     else:
@@ -107,11 +110,11 @@ def test_cli_prints_json_and_appends_results(folders: tuple[str, str], tmp_path:
 def test_pretrained_encoder_records_its_task(folders: tuple[str, str], tmp_path: Path) -> None:
     assert main(["pretrain", "--task", "rotation", "--arch", "tiny", "--image-size", "32", "--batch-size", "8",
                  "--data", folders[0], "--max-epochs", "1", "--no-progress", "--out", str(tmp_path / "pre")]) == 0
-    result = evaluate(str(tmp_path / "pre" / "encoder.safetensors"), "knn", data=folders[0],
+    result = evaluate(encoder=str(tmp_path / "pre" / "encoder.safetensors"), protocol="knn", data=folders[0],
                       val_data=folders[1], out=tmp_path / "ev")
     assert (result.task, result.arch, result.image_size) == ("rotation", "tiny", 32)
-    with pytest.raises(ConfigError):
-        evaluate(str(tmp_path / "pre"), "knn", arch="resnet18", data=folders[0], val_data=folders[1])
+    with pytest.raises(EncoderFileError, match="holds a 'tiny' encoder"):
+        evaluate(encoder=str(tmp_path / "pre"), protocol="knn", arch="resnet18", data=folders[0], val_data=folders[1])
 
 
 def test_user_errors_exit_1(folders: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,6 +122,6 @@ def test_user_errors_exit_1(folders: tuple[str, str], tmp_path: Path, capsys: py
                  "--data", folders[0], "--val-data", folders[1]]) == 1
     assert "not found" in capsys.readouterr().err
     with pytest.raises(ConfigError):
-        evaluate("none", "knn", arch="tiny", data=folders[0], val_data=folders[1], label_fraction=0)
+        evaluate(encoder="none", protocol="knn", arch="tiny", data=folders[0], val_data=folders[1], label_fraction=0)
     with pytest.raises(EncoderFileError):
         open_encoder(str(tmp_path / "nowhere"))

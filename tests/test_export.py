@@ -10,8 +10,8 @@ import safetensors.torch
 import torch
 import torchvision
 
-from selfsup_core.models.encoders import build_encoder, list_encoders
 from selfsup_core.errors import EncoderFileError
+from selfsup_core.models.encoders import build_encoder, list_encoders
 from selfsup_core.models.export import EncoderInfo, load_encoder, read_encoder_info, save_encoder
 
 

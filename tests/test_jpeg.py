@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from selfsup_crappify.jpeg import CHROMA_TABLE, LUMA_TABLE, dct_matrix, jpeg, quality_tables
 
 from selfsup_core.data.glyphs import generate_glyphs
 from selfsup_core.tasks.metrics import psnr
-from selfsup_crappify.jpeg import CHROMA_TABLE, LUMA_TABLE, dct_matrix, jpeg, quality_tables
 
 # Measured gaps were below 0.05 dB at qualities 10-50 (see docs/tasks.md).
 PSNR_TOLERANCE_DB = 0.15

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from selfsup_rotation import apply_transform
 
 from selfsup_core import create_task
-from selfsup_rotation import apply_transform
 
 
 @pytest.mark.parametrize("num_transforms", [4, 6])
@@ -49,10 +49,26 @@ def test_crops_change_the_content_not_the_size() -> None:
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"crop_scale": (0.5, 1.5)}, "crop_scale"), ({"num_transforms": 6, "flip": True}, "flips are labels")],
+    [
+        ({"crop_scale": (0.5, 1.5)}, "crop_scale"),
+        ({"crop_scale": 0}, "crop_scale must be above 0"),
+        ({"crop_scale": (0.9, 0.5)}, "crop_scale must be \\(min, max\\) with min <= max"),
+        ({"num_transforms": 5}, "num_transforms must be 4 or 6, got 5"),
+        ({"flip": "yes"}, "flip must be true or false"),
+        ({"num_transforms": 6, "flip": True}, "flips are labels"),
+    ],
 )
 def test_bad_augmentation_options(options: dict, message: str) -> None:
     from selfsup_core.errors import TaskOptionError
 
     with pytest.raises(TaskOptionError, match=message):
         create_task("rotation", **options)
+
+
+def test_options_resolve_with_their_defaults() -> None:
+    from selfsup_rotation import RotationOptions, RotationTask
+
+    task = create_task("rotation", crop_scale=0.5)
+    assert isinstance(task, RotationTask) and task.options == RotationOptions(crop_scale=(0.5, 1.0))
+    assert task.options.to_dict() == {"num_transforms": 4, "crop_scale": [0.5, 1.0], "flip": False}
+    assert create_task("rotation", num_transforms=6).num_classes == 6

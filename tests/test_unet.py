@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfsup_core.models.encoders import build_encoder
-from selfsup_core.tasks.reconstruction import ReconstructionTask
-from selfsup_core.models.unet import UNetDecoder
 from selfsup_core import Normalizer, PretextBatch
+from selfsup_core.models.encoders import build_encoder
+from selfsup_core.models.unet import UNetDecoder
+from selfsup_core.tasks.reconstruction import ReconstructionTask
 
 
 @pytest.mark.parametrize("arch", ["tiny", "resnet18"])

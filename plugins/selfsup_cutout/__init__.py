@@ -16,16 +16,17 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-from selfsup_core import PretextBatch, TaskSpec, hookimpl
-from selfsup_core.tasks.reconstruction import ReconstructionTask, check_range
-from selfsup_core.tasks.metrics import psnr
+from selfsup_core import PretextBatch, ReconstructionOptions, ReconstructionTask, hookimpl, psnr, range_option
+from selfsup_core.options import at_least, option
 
-FILLS = ("noise", "zero", "mean")
+Fill = Literal["noise", "zero", "mean"]
+FILLS = get_args(Fill)
 
 
 def draw_boxes(
@@ -71,68 +72,44 @@ def boxes_to_mask(coords: Tensor, active: Tensor, height: int, width: int) -> Te
     return mask[:, None]
 
 
+@dataclass(frozen=True)
+class CutoutOptions(ReconstructionOptions):
+    """Options of :class:`CutoutTask` (after the U-Net's ``drop_skips`` and ``residual``)."""
+
+    residual: bool = option(False, help="predict a correction of the input rather than the image (off: "
+                                        "a noise-filled box is better replaced than corrected)")
+    boxes: tuple[int, int] = range_option((1, 4), low=1, high=32, help="boxes per image (min, max), 1 to 32")
+    area: tuple[float, float] = range_option((0.02, 0.12), low=1e-6, high=1.0,
+                                             help="area of each box (min, max), as a fraction of the image")
+    aspect: tuple[float, float] = range_option((0.3, 3.3), low=1e-3, high=1e3,
+                                               help="height / width of each box (min, max), drawn log-uniformly")
+    fill: Fill = option("noise", help="what fills the boxes: uniform per-pixel noise (a flat fill tells "
+                                      "the network where to paint), zero, or each image's mean colour")
+    whole_weight: float = option(0.1, check=at_least(0),
+                                 help="weight of the L1 loss on the whole image, added to the L1 loss "
+                                      "inside the boxes (0: boxes only)")
+
+
 class CutoutTask(ReconstructionTask):
     """Erase boxes and restore them.
 
-    Args:
-        boxes: Number of boxes per image, an int or ``(min, max)``; 1 to 32.
-        area: Area of each box as a fraction of the image, ``(min, max)`` in ``(0, 1]``.
-        aspect: Height / width of each box, ``(min, max)``, drawn log-uniformly.
-        fill: ``"noise"`` (uniform per-pixel noise, the default: a flat fill
-            tells the network exactly where to paint), ``"zero"`` or ``"mean"``
-            (each image's mean colour).
-        whole_weight: Weight of the L1 loss on the whole image, added to the
-            L1 loss inside the erased region (0 = erased region only).
-        drop_skips: Shallowest U-Net skips left out (see :class:`~selfsup_core.unet.UNetDecoder`).
-        residual: Predict a correction of the input rather than the image (off
-            by default: a noise-filled box is better replaced than corrected).
-
-    Raises:
-        ValueError: Any option out of range, naming it.
+    Options: see :class:`CutoutOptions`; a ``(min, max)`` range given as one
+    number ``x`` means ``(x, x)``.
     """
 
     name = "cutout"
     summary = "Restore boxes erased from each image (inpainting) with a U-Net around the encoder."
-
-    def __init__(
-        self,
-        boxes: int | Sequence[int] = (1, 4),
-        area: float | Sequence[float] = (0.02, 0.12),
-        aspect: float | Sequence[float] = (0.3, 3.3),
-        fill: str = "noise",
-        whole_weight: float = 0.1,
-        drop_skips: int = 0,
-        residual: bool = False,
-    ) -> None:
-        boxes_range = check_range("boxes", boxes, 1, 32, integer=True)
-        area_range = check_range("area", area, 1e-6, 1.0)
-        aspect_range = check_range("aspect", aspect, 1e-3, 1e3)
-        if fill not in FILLS:
-            raise ValueError(f"fill must be one of {', '.join(FILLS)}; got {fill!r}")
-        if isinstance(whole_weight, bool) or not isinstance(whole_weight, (int, float)) or whole_weight < 0:
-            raise ValueError(f"whole_weight must be a number >= 0, got {whole_weight!r}")
-        super().__init__(
-            drop_skips=drop_skips,
-            residual=residual,
-            boxes=list(boxes_range),
-            area=list(area_range),
-            aspect=list(aspect_range),
-            fill=fill,
-            whole_weight=float(whole_weight),
-        )
-        self.boxes, self.area, self.aspect = boxes_range, area_range, aspect_range
-        self.fill = fill
-        self.whole_weight = float(whole_weight)
+    Options = CutoutOptions
+    options: CutoutOptions
 
     def make_batch(self, images: Tensor) -> PretextBatch:
         n, c, height, width = images.shape
-        coords, active = draw_boxes(
-            n, height, width, self.boxes, self.area, self.aspect, device=images.device
-        )
+        o = self.options
+        coords, active = draw_boxes(n, height, width, o.boxes, o.area, o.aspect, device=images.device)
         mask = boxes_to_mask(coords, active, height, width)
-        if self.fill == "noise":
+        if o.fill == "noise":
             fill = torch.rand_like(images)
-        elif self.fill == "zero":
+        elif o.fill == "zero":
             fill = torch.zeros((), dtype=images.dtype, device=images.device)
         else:
             fill = images.mean(dim=(2, 3), keepdim=True)
@@ -147,7 +124,7 @@ class CutoutTask(ReconstructionTask):
         error = (outputs.float() - batch.targets.float()).abs()
         mask = batch.extras["mask"].float()
         inside = (error * mask).sum() / (mask.sum() * error.shape[1]).clamp_min(1)
-        return inside + self.whole_weight * error.mean()
+        return inside + self.options.whole_weight * error.mean()
 
     @staticmethod
     def inpainted(outputs: Tensor, batch: PretextBatch) -> Tensor:
@@ -172,5 +149,5 @@ class CutoutTask(ReconstructionTask):
 
 
 @hookimpl
-def selfsup_register_tasks() -> list[TaskSpec]:
-    return [TaskSpec(CutoutTask.name, CutoutTask, CutoutTask.summary)]
+def selfsup_register_tasks() -> list[type[CutoutTask]]:
+    return [CutoutTask]

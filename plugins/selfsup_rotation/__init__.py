@@ -21,14 +21,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
-from selfsup_core import PretextBatch, TaskSpec, hookimpl
-from selfsup_core.tasks.base import ClassificationTask
+from selfsup_core import ClassificationTask, PretextBatch, TaskOptions, hookimpl
+from selfsup_core.options import above, all_of, ascending, one_of, option, within
 
 TRANSFORM_NAMES = ("rot0", "rot90", "rot180", "rot270", "vflip", "hflip")
 
@@ -40,45 +41,57 @@ def apply_transform(images: Tensor, index: int) -> Tensor:
     return images.flip(-2) if index == 4 else images.flip(-1)
 
 
+def _crop_scale(value: Any) -> Any:
+    """``crop_scale`` given as one number ``c`` means the area range ``(c, 1)``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value, 1.0)
+    return value
+
+
+@dataclass(frozen=True)
+class RotationOptions(TaskOptions):
+    """Options of :class:`RotationTask`."""
+
+    num_transforms: int = option(4, help="4 (quarter turns) or 6 (plus vertical and horizontal flip)",
+                                 check=one_of(4, 6))
+    crop_scale: tuple[float, float] = option(
+        (1.0, 1.0), convert=_crop_scale, check=all_of(ascending, above(0), within(0, 1)),
+        help="area (min, max) of a random crop taken before the turn, as a fraction of the image; "
+             "one number c means (c, 1); 1 means no crop")
+    flip: bool = option(False, help="mirror half the images before the turn (4-way only: with 6-way "
+                                    "a mirror image is itself a label)")
+
+    def validate(self) -> None:
+        if self.flip and self.num_transforms == 6:
+            raise ValueError("flip=true cannot go with num_transforms=6: flips are labels there")
+
+
 class RotationTask(ClassificationTask):
     """Classify the quarter turn (and optionally flip) applied to each image.
 
-    Args:
-        num_transforms: 4 (quarter turns) or 6 (plus vertical and horizontal flip).
-        crop_scale: Area range ``(min, max)`` of a random crop taken before
-            the turn, as a fraction of the image; ``1`` (default) means none.
-        flip: Mirror half the images before the turn (4-way only: with
-            6-way a mirror image is itself a label).
+    Options: see :class:`RotationOptions`.
     """
 
     name = "rotation"
     summary = "Predict the quarter turn (4-way) or turn/flip (6-way) applied to each image."
+    Options = RotationOptions
+    options: RotationOptions
 
-    def __init__(
-        self,
-        num_transforms: int = 4,
-        crop_scale: float | Sequence[float] = 1.0,
-        flip: bool = False,
-    ) -> None:
-        if num_transforms not in (4, 6):
-            raise ValueError(f"num_transforms must be 4 or 6, got {num_transforms}")
-        scale = (crop_scale, 1.0) if isinstance(crop_scale, (int, float)) else tuple(crop_scale)
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"crop_scale must be (min, max) with 0 < min <= max <= 1, got {crop_scale!r}")
-        if flip and num_transforms == 6:
-            raise ValueError("flip=true cannot go with num_transforms=6: flips are labels there")
-        super().__init__(num_transforms=num_transforms, crop_scale=list(scale), flip=flip)
-        self.num_transforms = self.num_classes = num_transforms
-        self.crop_scale, self.flip = scale, flip
+    def __init__(self, options: RotationOptions | None = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        # Kornia's crop takes its output size at construction: one augmenter per size.
         self._augmenters: dict[tuple[int, int], nn.Module | None] = {}
 
+    @property
+    def num_classes(self) -> int:
+        return self.options.num_transforms
+
     def _augmenter(self, size: tuple[int, int]) -> nn.Module | None:
-        # Kornia's crop takes its output size at construction: one per size.
         if size not in self._augmenters:
             steps: list[nn.Module] = []
-            if self.crop_scale != (1.0, 1.0):
-                steps.append(K.RandomResizedCrop(size, scale=self.crop_scale))
-            if self.flip:
+            if self.options.crop_scale != (1.0, 1.0):
+                steps.append(K.RandomResizedCrop(size, scale=self.options.crop_scale))
+            if self.options.flip:
                 steps.append(K.RandomHorizontalFlip())
             self._augmenters[size] = K.AugmentationSequential(*steps) if steps else None
         return self._augmenters[size]
@@ -91,15 +104,15 @@ class RotationTask(ClassificationTask):
         if images.shape[-1] != images.shape[-2]:
             raise ValueError("rotation needs square images")
         images = self._augmented(images)
-        labels = torch.randint(self.num_transforms, (len(images),), device=images.device)
+        labels = torch.randint(self.num_classes, (len(images),), device=images.device)
         inputs = images.clone()
         # One vectorised op per transform over the images that drew it.
-        for index in range(1, self.num_transforms):
+        for index in range(1, self.num_classes):
             chosen = labels == index
             inputs[chosen] = apply_transform(images[chosen], index)
         return PretextBatch(inputs=inputs, targets=labels)
 
 
 @hookimpl
-def selfsup_register_tasks() -> list[TaskSpec]:
-    return [TaskSpec(RotationTask.name, RotationTask, RotationTask.summary)]
+def selfsup_register_tasks() -> list[type[RotationTask]]:
+    return [RotationTask]

@@ -41,10 +41,8 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -52,26 +50,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from selfsup_core.bench.timing import machine
-from selfsup_core.errors import ConfigError, DataError
-from selfsup_core.evaluation.protocols import RESULTS_NAME, append_result, frozen_protocols, labelled_split, open_encoder
+from selfsup_core.config import IMAGENETTE_ENV, BenchEvalConfig
+from selfsup_core.errors import DataError
+from selfsup_core.evaluation.protocols import (
+    RESULTS_NAME,
+    append_result,
+    frozen_protocols,
+    labelled_split,
+    open_encoder,
+)
 from selfsup_core.plugin.registry import create_task
 from selfsup_core.training.runs import new_run_dir, package_versions, write_json
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TASKS = ("rotation", "cutout", "crappify")
-IMAGENETTE_ENV = "SELFSUP_IMAGENETTE"
 RANDOM = "random init"
 
 
-def default_data() -> Path:
-    """``$SELFSUP_IMAGENETTE``, else ``../shared/data/imagenette2-224`` beside the repository."""
-    if os.environ.get(IMAGENETTE_ENV):
-        return Path(os.environ[IMAGENETTE_ENV]).expanduser()
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "imagenette2-224"
+def default_data() -> Path | None:
+    """``$SELFSUP_IMAGENETTE``, where it is set."""
+    value = os.environ.get(IMAGENETTE_ENV)
+    return Path(value).expanduser() if value else None
 
 
 @dataclass
@@ -90,68 +92,13 @@ class Row:
     finetune_full: list[float] = field(default_factory=list)
 
 
-def _parse_task_settings(items: list[str], what: str) -> dict[str, dict[str, Any]]:
-    """``TASK:KEY=VALUE`` items -> ``{task: {key: value}}`` (values typed as YAML)."""
-    parsed: dict[str, dict[str, Any]] = {}
-    for item in items:
-        task, sep, rest = item.partition(":")
-        key, eq, value = rest.partition("=")
-        if not sep or not eq or not task or not key:
-            raise ConfigError(f"{what} expects TASK:KEY=VALUE, got {item!r}.")
-        parsed.setdefault(task, {})[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return parsed
-
-
-def _parse_task_epochs(items: list[str]) -> dict[str, int]:
-    epochs = {}
-    for item in items:
-        task, eq, value = item.partition("=")
-        if not eq or not value.strip().isdigit():
-            raise ConfigError(f"--task-epochs expects TASK=N, got {item!r}.")
-        epochs[task] = int(value)
-    return epochs
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``selfsup bench eval``."""
-    parser.add_argument("--data", metavar="DIR", default=None,
-                        help=f"Imagenette root with train/ and val/ (default: ${IMAGENETTE_ENV} or "
-                             f"../shared/data/imagenette2-224)")
-    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
-                        help="comma-separated tasks (default: %(default)s)")
-    parser.add_argument("--task-option", action="append", default=[], metavar="TASK:KEY=VALUE",
-                        help="a task option for one task, e.g. rotation:num_transforms=6 (repeatable)")
-    parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--pretrain-epochs", type=int, default=60)
-    parser.add_argument("--task-epochs", action="append", default=[], metavar="TASK=N",
-                        help="pretext epochs for one task, overriding --pretrain-epochs (repeatable)")
-    parser.add_argument("--finetune-epochs", type=int, default=30)
-    parser.add_argument("--seeds", type=int, default=2, help="fine-tune seeds (>= 2 to measure spread)")
-    parser.add_argument("--label-fraction", type=float, default=0.1)
-    parser.add_argument("--full-finetune", action="store_true",
-                        help="also fine-tune with all labels (same epochs)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="seeded, class-stratified subset of N train images (quick runs)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op CPU threads (1 is much faster on a busy shared machine)")
-    parser.add_argument("--num-workers", type=int, default=None, help="decode processes (default 2)")
-    parser.add_argument("--out", metavar="DIR", default=None, help="default: runs/bench-eval-DATE")
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: BenchEvalConfig) -> int:
     """Run the benchmark, write the table, JSON and chart; returns 0."""
     started = time.perf_counter()
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    options = _parse_task_settings(args.task_option, "--task-option")
-    task_epochs = _parse_task_epochs(args.task_epochs)
-    for name in (*options, *task_epochs):
-        if name not in tasks:
-            raise ConfigError(f"settings given for task {name!r}, which is not in --tasks ({', '.join(tasks)}).")
-    if args.seeds < 1:
-        raise ConfigError("--seeds must be at least 1 (2 or more to measure the spread).")
+    tasks, options, task_epochs = args.task_list(), args.task_options, args.task_epochs
     root = Path(args.data).expanduser() if args.data else default_data()
+    if root is None:
+        raise DataError(f"no data: pass --data IMAGENETTE_ROOT or set {IMAGENETTE_ENV} (see docs/benchmarks.md).")
     train_dir, val_dir = root / "train", root / "val"
     if not (train_dir.is_dir() and val_dir.is_dir()):
         raise DataError(f"{root} needs train/ and val/ folders (Imagenette layout): download Imagenette "
@@ -176,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         fractions = [(args.label_fraction, row.finetune)] + ([(1.0, row.finetune_full)] if args.full_finetune else [])
         for fraction, values in fractions:
             for seed in seeds:
-                result = evaluate(encoder, "finetune", data=str(train_dir), val_data=str(val_dir),
+                result = evaluate(encoder=encoder, protocol="finetune", data=str(train_dir), val_data=str(val_dir),
                                   label_fraction=fraction, max_epochs=args.finetune_epochs, seed=seed,
                                   arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
                                   limit=args.limit, out=out)
@@ -207,14 +154,14 @@ def run(args: argparse.Namespace) -> int:
         pre = pretrain(task=task, task_options=options.get(task, {}), data=str(train_dir),
                        max_epochs=epochs, seed=0, out=str(out / f"pretrain-{task}"), overwrite=True, **common)
         # Every option the task ran with, defaults included: defaults change between versions.
-        resolved = dict(create_task(task, **options.get(task, {})).options)
+        resolved = create_task(task, **options.get(task, {})).options.to_dict()
         row = Row(task, options.get(task, {}), resolved, epochs, pre.seconds, pre.metrics)
         frozen_rows(str(pre.encoder_path), row, 0)
         finetune_rows(str(pre.encoder_path), row, task)
         rows.append(row)
 
     seconds = time.perf_counter() - started
-    settings = {**{k: v for k, v in vars(args).items() if k != "handler"}, "data": str(root),
+    settings = {**args.to_dict(), "data": str(root),
                 "train_images": len(split.train), "val_images": len(split.val), "seeds": seeds}
     report = {"settings": settings, "machine": machine(), "versions": package_versions(),
               "wall_seconds": seconds, "rows": [summarise(r, baseline) for r in rows]}

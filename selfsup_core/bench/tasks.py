@@ -17,17 +17,11 @@ Medians over ``--repeats`` timed calls after ``--warmup`` untimed ones.
 Absolute figures mean something only on a GPU; ratios are what to compare.
 
 Example:
-    >>> import argparse
-    >>> parser = argparse.ArgumentParser()
-    >>> add_arguments(parser)
-    >>> args = parser.parse_args(["--device", "cpu", "--size", "32", "--batch", "4",
-    ...                           "--arch", "tiny", "--repeats", "1"])
-    >>> run(args)  # doctest: +SKIP
+    $ selfsup bench tasks --device cpu --image-size 64 --batch-size 32 --arch resnet18
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +29,7 @@ from typing import Any
 import torch
 
 from selfsup_core.bench.timing import device_name, time_call
+from selfsup_core.config import BenchTasksConfig
 from selfsup_core.models.encoders import build_encoder
 from selfsup_core.models.normalization import Normalizer
 from selfsup_core.plugin.registry import build_task_registry, create_task
@@ -42,17 +37,6 @@ from selfsup_core.tasks.base import PretextTask
 from selfsup_core.training.step import forward_loss, optimiser_step, prepare_batch
 
 GOAL_RATIO = 10.0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``selfsup bench tasks`` to ``parser``."""
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--size", type=int, default=None, help="image side (default: 224 on GPU, 64 on CPU)")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default: 256 on GPU, 32 on CPU)")
-    parser.add_argument("--arch", default="resnet34", help="encoder of the timed model (default: resnet34)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default: 20 on GPU, 5 on CPU)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
-    parser.add_argument("--tasks", default="*", help="shell pattern of task names (default: all)")
 
 
 def _train_step(
@@ -76,15 +60,17 @@ def _train_step(
     return step, f"{arch}+{type(head).__name__}"
 
 
-def bench_task(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def bench_task(name: str, config: BenchTasksConfig, device: torch.device) -> dict[str, Any]:
     """Time ``make_batch`` and the train step of task ``name``; return the JSON record."""
     task = create_task(name).to(device)
-    images = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    size, batch_size = config.image_size, config.batch_size
+    assert size is not None and batch_size is not None and config.repeats is not None  # resolved in run()
+    images = torch.rand(batch_size, 3, size, size, device=device)
     normalizer = Normalizer(channels_last=device.type == "cuda").to(device)
-    make_s = time_call(lambda: prepare_batch(task, images, normalizer), device, args.repeats, args.warmup)
-    step, model = _train_step(task, args.arch, images, device)
-    step_s = time_call(step, device, args.repeats, args.warmup)
-    make_ips, step_ips = args.batch / make_s, args.batch / step_s
+    make_s = time_call(lambda: prepare_batch(task, images, normalizer), device, config.repeats, config.warmup)
+    step, model = _train_step(task, config.arch, images, device)
+    step_s = time_call(step, device, config.repeats, config.warmup)
+    make_ips, step_ips = batch_size / make_s, batch_size / step_s
     return {
         "bench": "tasks",
         "task": name,
@@ -96,26 +82,18 @@ def bench_task(name: str, args: argparse.Namespace, device: torch.device) -> dic
     }
 
 
-def _resolve(args: argparse.Namespace) -> torch.device:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    gpu = device.type == "cuda"
-    args.size = args.size or (224 if gpu else 64)
-    args.batch = args.batch or (256 if gpu else 32)
-    args.repeats = args.repeats or (20 if gpu else 5)
-    for option in ("size", "batch", "repeats"):
-        if getattr(args, option) < 1:
-            raise ValueError(f"--{option} must be at least 1, got {getattr(args, option)}")
-    return device
-
-
-def run(args: argparse.Namespace) -> int:
+def run(config: BenchTasksConfig) -> int:
     """Run the benchmark and print JSON lines; returns the exit status (0)."""
-    device = _resolve(args)
-    header = {"bench": "setup", "device": str(device),
-              "device_name": device_name(device),
-              "threads": torch.get_num_threads(), "size": args.size, "batch": args.batch,
-              "arch": args.arch, "repeats": args.repeats, "torch": torch.__version__}
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    config = config.replace(image_size=config.image_size or (224 if gpu else 64),
+                            batch_size=config.batch_size or (256 if gpu else 32),
+                            repeats=config.repeats or (20 if gpu else 5))
+    header = {"bench": "setup", "device": str(device), "device_name": device_name(device),
+              "threads": torch.get_num_threads(), "image_size": config.image_size,
+              "batch_size": config.batch_size, "arch": config.arch, "repeats": config.repeats,
+              "torch": torch.__version__}
     print(json.dumps(header), flush=True)
-    for name in build_task_registry().names(args.tasks):
-        print(json.dumps(bench_task(name, args, device)), flush=True)
+    for name in build_task_registry().names(config.tasks):
+        print(json.dumps(bench_task(name, config, device)), flush=True)
     return 0

@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -50,10 +49,12 @@ from torch import Tensor
 from torchvision import transforms
 
 from selfsup_core.bench.timing import device_name, synchronize
+from selfsup_core.config import BenchThroughputConfig
 from selfsup_core.data.cache import load_decoded
-from selfsup_core.data.decoded import stratified_subset
+from selfsup_core.data.datamodule import ImageDataModule
+from selfsup_core.data.decoded import DecodedImages
 from selfsup_core.data.files import ImageList, scan_folder
-from selfsup_core.errors import ConfigError
+from selfsup_core.data.sources import limited
 from selfsup_core.models.encoders import build_encoder
 from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalizer, to_unit_range
 from selfsup_core.plugin.registry import create_task
@@ -72,44 +73,15 @@ RATIOS: dict[str, tuple[str, str, float | None, float | None]] = {
 _TUTORIAL = ("tutorial_loop", "tutorial_data")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add this benchmark's options to ``parser``."""
-    parser.add_argument("--data", required=True, help="image folder (any tree of images)")
-    parser.add_argument("--image-size", type=int, default=64, help="square training size (default 64)")
-    parser.add_argument("--arch", default="resnet18", help="encoder architecture (default resnet18)")
-    parser.add_argument("--task", default="rotation", help="pretext task (default rotation)")
-    parser.add_argument("--num-workers", type=int, default=2,
-                        help="loader processes for the tutorial's pipeline and selfsup's (default 2)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per batch (default 128)")
-    parser.add_argument("--steps", type=int, default=10,
-                        help="timed train steps per measurement (default 10)")
-    parser.add_argument("--data-steps", type=int, default=30,
-                        help="timed batches per data-path measurement (default 30)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="interleaved repetitions; medians are reported (default 3)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="use a seeded, class-stratified subset of this many images")
-    parser.add_argument("--cache-dir", default=None,
-                        help="decode cache folder (default: a fresh temporary one, so the build is timed)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op CPU threads of the main process (default: PyTorch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+def run(args: BenchThroughputConfig, out: TextIO | None = None) -> int:
     """Run the benchmark; JSON lines go to ``out`` (default stdout). Returns 0."""
     out = out or sys.stdout
-    for name in ("image_size", "batch_size", "steps", "data_steps", "repeats"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1.")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    image_list = _limited(scan_folder(args.data), args.limit, args.seed)
+    image_list = limited(scan_folder(args.data), args.limit, args.seed)
     task = create_task(args.task)
     bench = _Bench(args, device, task)
 
@@ -163,7 +135,7 @@ class _Bench:
     compare like for like with the default ``--task rotation``.
     """
 
-    def __init__(self, args: argparse.Namespace, device: torch.device, task: PretextTask) -> None:
+    def __init__(self, args: BenchThroughputConfig, device: torch.device, task: PretextTask) -> None:
         self.args, self.device, self.task = args, device, task.to(device)
         # As the trainer does: channels_last and bf16 autocast on GPUs, plain fp32 on CPUs.
         self.channels_last = device.type == "cuda"
@@ -262,18 +234,14 @@ class _Bench:
     # -- selfsup's path --------------------------------------------------------------
 
     def _selfsup_batches(self, num_workers: int, resident: bool) -> Iterator[Tensor]:
+        """uint8 batches from the trainer's own data module (same dataset, sampler and loader)."""
         assert self.images is not None
         images = self.images
         if resident and self.device.type == "cuda":
             images = images.to(self.device)
-        if num_workers == 0:
-            return _shuffled_batches(images, self.args.batch_size, self.args.seed)
-        loader = torch.utils.data.DataLoader(
-            _Batches(images), batch_size=self.args.batch_size, shuffle=True, drop_last=True,
-            generator=torch.Generator().manual_seed(self.args.seed), num_workers=num_workers,
-            collate_fn=_identity, pin_memory=self.device.type == "cuda",
-        )
-        return _forever(loader)
+        data = ImageDataModule(DecodedImages(images, None), batch_size=self.args.batch_size,
+                               seed=self.args.seed, num_workers=num_workers)
+        return _images_only(_forever(data.train_dataloader()))
 
     def _selfsup_ready(self, uint8: Tensor) -> tuple[PretextBatch, Any]:
         """What the trainer does after transfer: float in [0, 1], then the step's first half."""
@@ -345,36 +313,12 @@ class TutorialRotationDataset(torch.utils.data.Dataset[tuple[Tensor, int]]):
         return self.to_tensor(image.rotate(90 * turns)), turns
 
 
-class _Batches(torch.utils.data.Dataset[Tensor]):
-    """A batch at a time from a (memory-mapped) uint8 tensor: one gather, no collate."""
-
-    def __init__(self, images: Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.images[index]
-
-    def __getitems__(self, indices: list[int]) -> Tensor:
-        return self.images[torch.as_tensor(indices, dtype=torch.long)]
-
-
-def _identity(batch: Tensor) -> Tensor:
-    return batch
-
-
-def _shuffled_batches(images: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Seeded epochs of full batches, gathered in this process (no workers)."""
-    generator = torch.Generator().manual_seed(seed)
-    batch_size = min(batch_size, len(images))
-    while True:
-        order = torch.randperm(len(images), generator=generator).to(images.device)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            with one_cpu_thread(images.device):  # a short op beside the model: one thread
-                batch = images[order[start: start + batch_size]]
-            yield batch
+def _images_only(batches: Iterator[tuple[Tensor, Tensor]]) -> Iterator[Tensor]:
+    try:
+        for images, _ in batches:
+            yield images
+    finally:
+        batches.close()  # type: ignore[attr-defined]  # ends the loader's workers
 
 
 def _forever(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
@@ -390,21 +334,3 @@ def _count(inputs: Tensor | tuple[Tensor, ...]) -> int:
     return len(inputs[0] if isinstance(inputs, tuple) else inputs)
 
 
-def _limited(image_list: ImageList, limit: int | None, seed: int) -> ImageList:
-    if limit is None or limit >= len(image_list):
-        return image_list
-    if limit < 1:
-        raise ConfigError(f"--limit must be at least 1, got {limit}.")
-    indices = stratified_subset(len(image_list), image_list.labels, count=limit, seed=seed)
-    return image_list.subset(indices.tolist())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run without the ``selfsup`` command: ``python -m selfsup_core.bench.throughput ...``."""
-    parser = argparse.ArgumentParser(prog="selfsup bench throughput", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

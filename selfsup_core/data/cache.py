@@ -47,7 +47,6 @@ import torch
 from torch import Tensor
 
 from selfsup_core.data.decoded import DecodedImages, decode_images
-
 from selfsup_core.data.files import ImageFileDataset, ImageList
 from selfsup_core.errors import ConfigError, DataError
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from selfsup_core.errors import ConfigError, DataError
+from selfsup_core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

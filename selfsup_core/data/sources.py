@@ -10,11 +10,10 @@ import logging
 from dataclasses import dataclass
 
 from selfsup_core.data.cache import load_decoded
-from selfsup_core.data.decoded import DecodedImages
+from selfsup_core.data.decoded import DecodedImages, split_indices, stratified_subset
 from selfsup_core.data.files import ImageList, scan_folder
-from selfsup_core.data.decoded import split_indices, stratified_subset
-from selfsup_core.errors import DataError
 from selfsup_core.data.glyphs import builtin_split
+from selfsup_core.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +32,8 @@ def decode(image_list: ImageList, size: int, num_workers: int, cache: bool = Tru
     return load_decoded(image_list, size, num_workers=num_workers, cache=cache)
 
 
-def _limited(image_list: ImageList, limit: int | None, seed: int) -> ImageList:
+def limited(image_list: ImageList, limit: int | None, seed: int) -> ImageList:
+    """A seeded subset of ``limit`` files (class-stratified where labels exist), or all of them."""
     if limit is None or limit >= len(image_list):
         return image_list
     if limit < 1:
@@ -70,7 +70,7 @@ def load_split(
         # --limit shrinks both built-in splits, keeping smoke runs quick.
         val = builtin_split("val", size, limit) if val_fraction > 0 or val_data else None
         return Split(train, val, "built-in glyphs")
-    images = _limited(scan_folder(data, labelled=labelled), limit, seed)
+    images = limited(scan_folder(data, labelled=labelled), limit, seed)
     if val_data is not None:
         val_list = scan_folder(val_data, labelled=labelled)
         if labelled and val_list.classes != images.classes:

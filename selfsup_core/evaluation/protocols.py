@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -32,20 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from selfsup_core.training.config import FinetuneConfig, resolve_defaults
+from selfsup_core.config import EvaluateConfig, FinetuneConfig, resolve_defaults
 from selfsup_core.data.decoded import DecodedImages, label_subset
-from selfsup_core.models.encoders import build_encoder
+from selfsup_core.data.sources import Split, load_split
 from selfsup_core.errors import ConfigError, DataError
 from selfsup_core.evaluation.features import extract_features
 from selfsup_core.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_predict
 from selfsup_core.evaluation.probe import PROBE_STEPS, train_linear_probe
+from selfsup_core.models.encoders import build_encoder
+from selfsup_core.models.export import load_encoder, read_encoder_info, read_matching_info
 from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from selfsup_core.plugin.host import PluginHost
 from selfsup_core.tasks.metrics import top1
-from selfsup_core.models.export import load_encoder, read_encoder_info
 from selfsup_core.training.runs import new_run_dir
-from selfsup_core.data.sources import Split, load_split
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ class LoadedEncoder:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-def open_encoder(encoder: str, arch: str | None = None, seed: int = 0) -> LoadedEncoder:
+def open_encoder(
+    encoder: str, arch: str | None = None, seed: int = 0, host: PluginHost | None = None
+) -> LoadedEncoder:
     """Load an exported encoder, or build a seeded random one for ``"none"``.
 
     Raises:
@@ -115,11 +117,9 @@ def open_encoder(encoder: str, arch: str | None = None, seed: int = 0) -> Loaded
         arch = arch or "resnet18"
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            module = build_encoder(arch)
+            module = build_encoder(arch, host=host)
         return LoadedEncoder(module, "none", "none", arch, None)
-    info = read_encoder_info(encoder)
-    if arch is not None and arch != info.arch:
-        raise ConfigError(f"{encoder} holds a {info.arch!r} encoder but --arch {arch} was given.")
+    info = read_matching_info(encoder, arch)
     return LoadedEncoder(load_encoder(encoder), str(encoder), info.task, info.arch, info.image_size,
                          info.mean, info.std)
 
@@ -208,45 +208,29 @@ def frozen_protocols(
 
 
 def evaluate(
-    encoder: str,
-    protocol: str,
-    *,
-    arch: str | None = None,
-    data: str | None = None,
-    val_data: str | None = None,
-    label_fraction: float = 1.0,
-    max_epochs: int | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-    batch_size: int | None = None,
-    limit: int | None = None,
-    out: str | Path | None = None,
-    progress: bool = False,
+    config: EvaluateConfig | None = None, *, host: PluginHost | None = None, **overrides: Any
 ) -> EvalResult:
     """Evaluate one encoder with one protocol and append the result to ``results.jsonl``.
 
     Args:
-        encoder: An ``encoder.safetensors`` (or its folder), or ``"none"``
-            for a randomly initialised encoder of ``arch`` (seeded).
-        protocol: ``knn``, ``linear`` or ``finetune``.
-        arch: Architecture; default the encoder file's (``resnet18`` for ``none``).
-        data: Labelled train folder; ``None`` for the built-in glyphs.
-        val_data: Labelled validation folder (otherwise 20 % of ``data``).
-        label_fraction: Seeded, class-balanced share of train labels used.
-        max_epochs: Fine-tune epochs (``finetune`` only).
-        seed: Label subset, random encoder and training seed.
-        image_size: Default: the encoder's, else as ``selfsup finetune`` picks.
-        batch_size: Batch size of training / feature extraction.
-        limit: Seeded subset of N train images.
-        out: Run folder; results are appended to ``out/results.jsonl``.
+        config: Settings (:class:`~selfsup_core.config.EvaluateConfig`);
+            ``None`` starts from the defaults.
+        host: Whose plugins provide the encoder; ``None`` is the process's host.
+        **overrides: Any of its fields, for example ``encoder`` (an
+            ``encoder.safetensors`` or its folder, or ``"none"`` for a seeded
+            random encoder of ``arch``), ``protocol`` (``knn``, ``linear`` or
+            ``finetune``), ``data``, ``val_data``, ``label_fraction``.
 
     Example:
-        >>> result = evaluate("none", "knn", arch="tiny", limit=100)  # doctest: +SKIP
+        >>> result = evaluate(encoder="none", protocol="knn", arch="tiny", limit=100)  # doctest: +SKIP
         >>> result.as_dict()["k"]
         20
     """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}.")
+    config = (config or EvaluateConfig(encoder="none", protocol="knn")).updated(overrides, source="evaluate()")
+    encoder, protocol, arch, seed = config.encoder, config.protocol, config.arch, config.seed
+    data, val_data, label_fraction, limit = config.data, config.val_data, config.label_fraction, config.limit
+    image_size, batch_size, out = config.image_size, config.batch_size, config.out
+    assert encoder is not None and protocol is not None  # EvaluateConfig.validate
     run_dir = Path(out) if out is not None else new_run_dir(f"evaluate-{protocol}")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a folder.")
@@ -254,11 +238,11 @@ def evaluate(
     started = time.perf_counter()
     if protocol == "finetune":
         result = _finetune_protocol(encoder, arch=arch, data=data, val_data=val_data,
-                                    label_fraction=label_fraction, max_epochs=max_epochs, seed=seed,
+                                    label_fraction=label_fraction, max_epochs=config.max_epochs, seed=seed,
                                     image_size=image_size, batch_size=batch_size, limit=limit,
-                                    run_dir=run_dir, progress=progress)
+                                    run_dir=run_dir, progress=config.progress, host=host)
     else:
-        loaded = open_encoder(encoder, arch, seed)
+        loaded = open_encoder(encoder, arch, seed, host=host)
         settings = resolve_defaults(FinetuneConfig(data=data, image_size=image_size or loaded.image_size,
                                                    batch_size=batch_size, max_epochs=1), "finetune")
         assert settings.image_size is not None and settings.num_workers is not None
@@ -277,14 +261,14 @@ def evaluate(
 def _finetune_protocol(encoder: str, *, arch: str | None, data: str | None, val_data: str | None,
                        label_fraction: float, max_epochs: int | None, seed: int, image_size: int | None,
                        batch_size: int | None, limit: int | None, run_dir: Path,
-                       progress: bool) -> EvalResult:
+                       progress: bool, host: PluginHost | None = None) -> EvalResult:
     from selfsup_core.training.finetuning import finetune  # Lightning import: only when fine-tuning
 
     task = "none" if encoder == "none" else read_encoder_info(encoder).task
     tag = "none" if encoder == "none" else task
     outcome = finetune(encoder=encoder, arch=arch, data=data, val_data=val_data,
                        label_fraction=label_fraction, max_epochs=max_epochs, seed=seed,
-                       image_size=image_size, batch_size=batch_size, limit=limit, progress=progress,
+                       image_size=image_size, batch_size=batch_size, limit=limit, progress=progress, host=host,
                        out=str(new_run_dir(f"finetune-{tag}-seed{seed}", root=run_dir)))
     config = json.loads((outcome.run_dir / "results.json").read_text())
     recorded = _read_config(outcome.run_dir)
@@ -309,35 +293,3 @@ def append_result(path: Path, result: EvalResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(result.as_dict()) + "\n")
-
-
-# ---------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``selfsup evaluate``."""
-    parser.add_argument("--encoder", required=True, metavar="FILE|none",
-                        help="encoder.safetensors from pretrain, or 'none' for a random encoder")
-    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
-    parser.add_argument("--arch", help="architecture (default: the encoder's; resnet18 for none)")
-    parser.add_argument("--data", metavar="DIR", help="labelled train folder (default: built-in glyphs)")
-    parser.add_argument("--val-data", metavar="DIR", help="labelled val folder (default: 20%% of --data)")
-    parser.add_argument("--label-fraction", type=float, default=1.0,
-                        help="seeded, class-balanced share of the train labels (default: 1)")
-    parser.add_argument("--max-epochs", type=int, help="fine-tune epochs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--limit", type=int, help="seeded subset of N train images")
-    parser.add_argument("--out", metavar="DIR", help="run folder (default: a new one in runs/)")
-    parser.add_argument("--progress", action="store_true", help="show fine-tuning progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Evaluate, print the result as one JSON line; returns the exit status."""
-    result = evaluate(args.encoder, args.protocol, arch=args.arch, data=args.data, val_data=args.val_data,
-                      label_fraction=args.label_fraction, max_epochs=args.max_epochs, seed=args.seed,
-                      image_size=args.image_size, batch_size=args.batch_size, limit=args.limit,
-                      out=args.out, progress=args.progress)
-    print(json.dumps(result.as_dict()))
-    return 0

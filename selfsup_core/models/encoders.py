@@ -13,13 +13,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from selfsup_core.plugin.markers import hookimpl
 from selfsup_core.plugin.registry import EncoderSpec, build_encoder_registry
+
+if TYPE_CHECKING:
+    from selfsup_core.plugin.host import PluginHost
 
 
 @runtime_checkable
@@ -116,16 +119,20 @@ def selfsup_register_encoders() -> list[EncoderSpec]:
     ]
 
 
-def list_encoders() -> list[str]:
-    """Names accepted by ``--arch``."""
-    return build_encoder_registry().names()
+def list_encoders(host: PluginHost | None = None) -> list[str]:
+    """Names accepted by ``--arch`` (those of ``host``; ``None``: the process's host)."""
+    return build_encoder_registry(host).names()
 
 
-def build_encoder(arch: str) -> nn.Module:
+def build_encoder(arch: str, host: PluginHost | None = None) -> nn.Module:
     """A new, randomly initialised encoder of architecture ``arch``.
+
+    Args:
+        arch: A registered encoder name.
+        host: Whose plugins to use; ``None`` is the process's host.
 
     Raises:
         UnknownTaskError: (a :class:`~selfsup_core.errors.SelfsupError`) for an
             unknown name, listing the known ones.
     """
-    return build_encoder_registry().get(arch).spec.factory()
+    return build_encoder_registry(host).get(arch).spec.factory()

@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import safetensors.torch
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from selfsup_core.models.encoders import build_encoder
 from selfsup_core.errors import EncoderFileError
 from selfsup_core.ioutil import atomic_write_bytes
+from selfsup_core.models.encoders import build_encoder
 from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT_VERSION = 1
@@ -75,6 +74,22 @@ def read_encoder_info(path: str | os.PathLike[str]) -> EncoderInfo:
     return info
 
 
+def read_matching_info(path: str | os.PathLike[str], arch: str | None) -> EncoderInfo:
+    """``encoder.json`` of ``path``, checked against the architecture the caller expects.
+
+    The one place where an encoder file meets ``--arch``.
+
+    Raises:
+        EncoderFileError: ``arch`` is given and differs from the file's.
+    """
+    info = read_encoder_info(path)
+    if arch is not None and arch != info.arch:
+        raise EncoderFileError(
+            f"{path} holds a {info.arch!r} encoder, not {arch!r}: drop --arch or pass --arch {info.arch}."
+        )
+    return info
+
+
 def load_encoder(path: str | os.PathLike[str], arch: str | None = None) -> nn.Module:
     """Rebuild an exported encoder.
 
@@ -94,12 +109,7 @@ def load_encoder(path: str | os.PathLike[str], arch: str | None = None) -> nn.Mo
         >>> enc = load_encoder("runs/rotation/encoder.safetensors")  # doctest: +SKIP
     """
     weights_path, _ = _resolve(path)
-    info = read_encoder_info(path)
-    if arch is not None and arch != info.arch:
-        raise EncoderFileError(
-            f"{weights_path} holds a {info.arch!r} encoder, not {arch!r}: "
-            f"pass --arch {info.arch} or another encoder file."
-        )
+    info = read_matching_info(path, arch)
     encoder = build_encoder(info.arch)
     try:
         state = safetensors.torch.load_file(str(weights_path))

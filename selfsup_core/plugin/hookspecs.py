@@ -7,9 +7,11 @@ through an entry point in the ``selfsup`` group::
     [project.entry-points.selfsup]
     jigsaw = "selfsup_jigsaw"
 
-Hooks return lists of small typed specs (see :mod:`selfsup_core.registry`),
-so that a plugin can contribute several things at once and the host can
-validate names and find conflicts before anything is used.
+Hooks return lists (of task classes, or of small typed specs, see
+:mod:`selfsup_core.plugin.registry`), so that a plugin can contribute several
+things at once and the host can validate names and find conflicts before
+anything is used. A hook that raises or returns anything else is reported as a
+failure of its plugin alone; the other plugins keep working.
 """
 
 from __future__ import annotations
@@ -20,23 +22,27 @@ from selfsup_core.plugin.markers import hookspec
 
 if TYPE_CHECKING:
     from selfsup_core.plugin.registry import EncoderSpec, TaskSpec
+    from selfsup_core.tasks.base import PretextTask
 
 
 @hookspec
-def selfsup_register_tasks() -> list[TaskSpec]:
+def selfsup_register_tasks() -> list[type[PretextTask] | TaskSpec]:
     """Contribute pretext tasks.
 
-    Called once when the task registry is built. Each returned
-    :class:`~selfsup_core.registry.TaskSpec` names a task, gives a factory that
-    builds it from keyword options and a one-line summary for ``selfsup tasks``.
+    Called once per plugin host, when its task registry is built. Return the
+    task classes: each :class:`~selfsup_core.tasks.base.PretextTask` subclass
+    is registered under its ``name`` attribute with its ``summary`` (see
+    :meth:`~selfsup_core.plugin.registry.TaskSpec.from_task`), so the name is
+    written once. A :class:`~selfsup_core.plugin.registry.TaskSpec` is
+    accepted too, for a factory that is not the class itself.
 
-    :return: The tasks this plugin provides (may be empty).
+    :return: The tasks this plugin provides (may be empty; ``None`` counts as empty).
 
     Example::
 
         @selfsup_core.hookimpl
         def selfsup_register_tasks():
-            return [TaskSpec("jigsaw", JigsawTask, "Predict the quadrant permutation.")]
+            return [JigsawTask]  # or [TaskSpec("jigsaw", make_jigsaw, "Put shuffled tiles back.")]
     """
 
 
@@ -44,7 +50,7 @@ def selfsup_register_tasks() -> list[TaskSpec]:
 def selfsup_register_encoders() -> list[EncoderSpec]:
     """Contribute encoder architectures, selectable with ``--arch NAME``.
 
-    Called once when the encoder registry is built. Each returned
+    Called once per plugin host, when its encoder registry is built. Each returned
     :class:`~selfsup_core.registry.EncoderSpec` names an architecture and gives
     a factory returning a module that follows the
     :class:`~selfsup_core.encoders.Encoder` protocol.

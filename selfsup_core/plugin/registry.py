@@ -1,8 +1,12 @@
 """Name-based selection of tasks and encoders contributed by plugins.
 
-A :class:`Registry` is built from a :class:`~selfsup_core.plugins.PluginHost`.
-Each name maps to one spec; a name contributed by two plugins is recorded as a
-conflict, reported by ``selfsup tasks`` and raised only when that name is used.
+Each :class:`~selfsup_core.plugin.host.PluginHost` collects one
+:class:`Registry` of each kind, once (``host.tasks``, ``host.encoders``).
+Each name maps to one spec. A name claimed by a built-in plugin (distribution
+``selfsup``) and a third-party one keeps the built-in; a name claimed by two
+third-party plugins is a conflict, reported by ``selfsup tasks`` and raised
+only when that name is used. A hook that raises or returns something unusable
+is recorded as a failure of its plugin alone.
 
 Example:
     >>> from selfsup_core import list_tasks, create_task
@@ -15,15 +19,21 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import inspect
-import logging
 import re
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from selfsup_core.errors import SelfsupError, TaskConflictError, TaskOptionError, UnknownTaskError
-from selfsup_core.plugin.host import PluginHost, PluginLoadFailure, get_plugin_host
+from selfsup_core.errors import TaskConflictError, TaskOptionError, UnknownTaskError
+from selfsup_core.plugin.host import (
+    BUILTIN_DISTRIBUTION,
+    PluginConflict,
+    PluginHost,
+    PluginLoadFailure,
+    get_plugin_host,
+    one_line_error,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,6 +57,15 @@ class TaskSpec:
     name: str
     factory: Callable[..., PretextTask]
     summary: str = ""
+
+    @classmethod
+    def from_task(cls, task: type[PretextTask]) -> TaskSpec:
+        """The spec of a task class, from its ``name`` and ``summary`` attributes.
+
+        Hooks may return the class itself (``return [JigsawTask]``); the host
+        converts it with this.
+        """
+        return cls(task.name, task, task.summary)
 
 
 @dataclass(frozen=True)
@@ -79,11 +98,21 @@ class Entry(Generic[SpecT]):
 
 @dataclass
 class Registry(Generic[SpecT]):
-    """Specs of one kind (tasks or encoders) by name, with conflicts kept aside."""
+    """Specs of one kind (tasks or encoders) by name, with conflicts kept aside.
+
+    Attributes:
+        kind: ``"task"`` or ``"encoder"``, for messages.
+        entries: Usable name -> entry.
+        conflicts: Names claimed by several third-party plugins: unusable.
+        shadowed: Third-party entries hidden by the built-in entry of the
+            same name (which is in ``entries``).
+        failures: The host's failures, noted in unknown-name errors.
+    """
 
     kind: str
     entries: dict[str, Entry[SpecT]] = field(default_factory=dict)
     conflicts: dict[str, list[Entry[SpecT]]] = field(default_factory=dict)
+    shadowed: dict[str, list[Entry[SpecT]]] = field(default_factory=dict)
     failures: list[PluginLoadFailure] = field(default_factory=list)
 
     def names(self, pattern: str = "*") -> list[str]:
@@ -94,14 +123,9 @@ class Registry(Generic[SpecT]):
     def get(self, name: str) -> Entry[SpecT]:
         """The entry for ``name``; raises a clear error if unknown or conflicting."""
         if name in self.conflicts:
-            entries = self.conflicts[name]
-            dists = " and ".join(f"{e.distribution!r} (plugin {e.plugin!r})" for e in entries)
-            plugins = ",".join(e.plugin for e in entries)
-            raise TaskConflictError(
-                f"{self.kind} {name!r} is registered by both {dists}. "
-                f"Uninstall one of them, or block one with SELFSUP_DISABLE_PLUGINS "
-                f"(one of: {plugins})."
-            )
+            claims = tuple((e.plugin, e.distribution) for e in self.conflicts[name])
+            # The same words as the CONFLICT line of `selfsup tasks`.
+            raise TaskConflictError(PluginConflict(self.kind, name, claims).describe().removeprefix("CONFLICT: "))
         if name not in self.entries:
             raise UnknownTaskError(self._unknown_message(name))
         return self.entries[name]
@@ -113,89 +137,160 @@ class Registry(Generic[SpecT]):
         if close:
             message += f" Did you mean {close[0]!r}?"
         for failure in self.failures:
-            message += (
-                f"\nnote: plugin {failure.name!r} from {failure.distribution!r} "
-                f"failed to load: {failure.error}"
-            )
+            message += f"\nnote: {failure.describe()}"
         return message
 
 
-def _collect(host: PluginHost, hook_name: str, kind: str) -> Registry[Any]:
-    registry: Registry[Any] = Registry(kind=kind, failures=list(host.failures))
+def _as_task_spec(item: object) -> TaskSpec | None:
+    from selfsup_core.tasks.base import PretextTask  # torch: only once plugins are in use
+
+    if isinstance(item, TaskSpec):
+        return item
+    if isinstance(item, type) and issubclass(item, PretextTask) and item is not PretextTask:
+        return TaskSpec.from_task(item)
+    return None
+
+
+def _as_encoder_spec(item: object) -> EncoderSpec | None:
+    return item if isinstance(item, EncoderSpec) else None
+
+
+def _inherits_the_base_name(spec: TaskSpec) -> bool:
+    from selfsup_core.tasks.base import PretextTask
+
+    return spec.name == PretextTask.name  # a class that forgot `name` would register the placeholder
+
+
+def _what(value: object) -> str:
+    if isinstance(value, type):
+        return f"the class {value.__qualname__}"
+    name = type(value).__name__
+    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _checked(
+    result: object, kind: str, expected: str, convert: Callable[[object], Any]
+) -> tuple[list[Any], list[str]]:
+    """The specs of one hook result, and what is wrong with it (then nothing of it is used)."""
+    if result is None:
+        return [], []
+    if not isinstance(result, (list, tuple)):
+        return [], [f"returned {_what(result)}, expected a list of {expected}"]
+    specs: list[Any] = []
+    problems: list[str] = []
+    for item in result:
+        spec = convert(item)
+        if spec is None:
+            problems.append(f"returned {_what(item)} in its list, expected {expected}")
+        elif not isinstance(spec.name, str) or not _NAME_PATTERN.match(spec.name):
+            problems.append(f"invalid {kind} name {spec.name!r}: use lower case letters, digits, '-' and '_'")
+        elif kind == "task" and _inherits_the_base_name(spec):
+            problems.append(f"task class {spec.factory.__qualname__} sets no `name`")
+        elif not callable(spec.factory):
+            problems.append(f"{kind} {spec.name!r} has a factory that is not callable")
+        elif any(spec.name == s.name for s in specs):
+            problems.append(f"registers {kind} {spec.name!r} twice")
+        else:
+            specs.append(spec)
+    return specs, problems
+
+
+def _collect(
+    host: PluginHost, hook_name: str, kind: str, expected: str, convert: Callable[[object], Any]
+) -> Registry[Any]:
+    registry: Registry[Any] = Registry(kind=kind, failures=host.failures)
     found: dict[str, list[Entry[Any]]] = {}
     hook = getattr(host.manager.hook, hook_name)
     # Calling each implementation alone tells us which plugin gave which spec,
-    # and a plugin whose hook raises is reported instead of breaking the rest.
-    for impl in reversed(hook.get_hookimpls()):
+    # and a plugin whose hook breaks is reported instead of breaking the rest.
+    for impl in hook.get_hookimpls():  # registration order
         plugin = impl.plugin_name
         dist = host.distributions.get(plugin, "<unknown>")
         try:
-            specs = list(impl.function() or ())
-        except Exception as exc:  # noqa: BLE001 - third-party code
-            registry.failures.append(PluginLoadFailure(plugin, dist, f"{type(exc).__name__}: {exc}"))
-            logging.getLogger(__name__).warning("plugin %r: %s failed: %s", plugin, hook_name, exc)
+            result = impl.function()
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - third-party code
+            host.record(PluginLoadFailure(plugin, dist, one_line_error(exc), hook_name, traceback.format_exc()))
+            continue
+        specs, problems = _checked(result, kind, expected, convert)
+        if problems:
+            host.record(PluginLoadFailure(plugin, dist, "; ".join(problems), hook_name))
             continue
         for spec in specs:
-            if not _NAME_PATTERN.match(spec.name):
-                raise SelfsupError(
-                    f"plugin {plugin!r} from {dist!r} registers an invalid {kind} name "
-                    f"{spec.name!r}: use lower case letters, digits, '-' and '_'."
-                )
             found.setdefault(spec.name, []).append(Entry(spec, plugin, dist))
     for name, entries in found.items():
+        builtins = [e for e in entries if e.distribution == BUILTIN_DISTRIBUTION]
+        claims = tuple((e.plugin, e.distribution) for e in entries)
         if len(entries) == 1:
             registry.entries[name] = entries[0]
+        elif len(builtins) == 1:
+            # A third-party plugin must not take a built-in name away from users.
+            registry.entries[name] = builtins[0]
+            registry.shadowed[name] = [e for e in entries if e is not builtins[0]]
+            host.record(PluginConflict(kind, name, claims, used=builtins[0].plugin))
         else:
             registry.conflicts[name] = entries
+            host.record(PluginConflict(kind, name, claims))
     return registry
 
 
+def collect_tasks(host: PluginHost) -> Registry[TaskSpec]:
+    """Call every plugin's ``selfsup_register_tasks`` (uncached: use ``host.tasks``)."""
+    return _collect(host, "selfsup_register_tasks", "task", "TaskSpec or PretextTask subclasses", _as_task_spec)
+
+
+def collect_encoders(host: PluginHost) -> Registry[EncoderSpec]:
+    """Call every plugin's ``selfsup_register_encoders`` (uncached: use ``host.encoders``)."""
+    return _collect(host, "selfsup_register_encoders", "encoder", "EncoderSpec", _as_encoder_spec)
+
+
 def build_task_registry(host: PluginHost | None = None) -> Registry[TaskSpec]:
-    """Collect every task from the plugins of ``host`` (a new default host if None)."""
-    return _collect(host or get_plugin_host(), "selfsup_register_tasks", "task")
+    """The tasks of ``host`` (default: the process's host), collected once per host."""
+    return (host or get_plugin_host()).tasks
 
 
 def build_encoder_registry(host: PluginHost | None = None) -> Registry[EncoderSpec]:
-    """Collect every encoder: the built-ins plus those contributed by plugins."""
-    return _collect(host or get_plugin_host(), "selfsup_register_encoders", "encoder")
+    """The encoders of ``host`` (default: the process's host), built-ins included."""
+    return (host or get_plugin_host()).encoders
 
 
-def list_tasks(pattern: str = "*", registry: Registry[TaskSpec] | None = None) -> list[str]:
+def list_tasks(pattern: str = "*", *, host: PluginHost | None = None) -> list[str]:
     """Names of the installed tasks that match ``pattern`` (shell style)."""
-    return (registry or build_task_registry()).names(pattern)
+    return build_task_registry(host).names(pattern)
 
 
-def create_task(
-    name: str, registry: Registry[TaskSpec] | None = None, **options: Any
-) -> PretextTask:
+def create_task(name: str, /, *, host: PluginHost | None = None, **options: Any) -> PretextTask:
     """Build the task called ``name`` with ``options``.
+
+    Args:
+        name: A registered task name.
+        host: Whose plugins to use; ``None`` is the process's host.
+        **options: The task's keyword options.
 
     Raises:
         UnknownTaskError: No installed plugin provides ``name``; the message
             lists the installed tasks and the closest match.
-        TaskConflictError: Two plugins provide ``name``.
+        TaskConflictError: Two third-party plugins provide ``name``.
         TaskOptionError: An option the task does not accept, or a bad value.
     """
-    spec = (registry or build_task_registry()).get(name).spec
+    spec = build_task_registry(host).get(name).spec
     check_options(spec.factory, options, what=f"task {name!r}")
     try:
         return spec.factory(**options)
-    except (TypeError, ValueError) as exc:
+    except TaskOptionError:
+        raise
+    except (TypeError, ValueError) as exc:  # a factory that declares no Options
         raise TaskOptionError(f"task {name!r}: {exc}") from exc
 
 
 def check_options(factory: Callable[..., Any], options: dict[str, Any], what: str) -> None:
-    """Raise :class:`TaskOptionError` for options ``factory`` does not accept."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise TaskOptionError(
-            f"{what} has no option {', '.join(map(repr, unknown))}; "
-            f"it accepts: {', '.join(accepted) or 'no options'}."
-        )
+    """Raise :class:`TaskOptionError` for options the task's ``Options`` declaration rejects.
+
+    Unknown names (the message lists the accepted options) and bad values are
+    both caught here, before the task or any data is built. A factory that
+    declares no ``Options`` (a plain function) is only checked when called.
+    """
+    from selfsup_core.tasks.options import options_class
+
+    declared = options_class(factory)
+    if declared is not None:
+        declared.parse(options, what=what)

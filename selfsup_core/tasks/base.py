@@ -33,13 +33,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from selfsup_core.tasks.metrics import accuracy
+from selfsup_core.tasks.options import TaskOptions
 
 Inputs = Tensor | tuple[Tensor, ...]
 """One batch of network inputs, or several views of the same images."""
@@ -78,24 +79,51 @@ class PretextTask(nn.Module):
     with ``persistent=False`` so they stay out of checkpoints. It holds no
     trainable parameters: those belong to the head it builds.
 
-    Subclasses take their options as keyword arguments of ``__init__`` and
-    pass them on to ``super().__init__(**options)`` so that they are saved
-    with the run (plain Python types only: numbers, strings, lists).
+    Options are declared once, in a frozen dataclass named by the class
+    attribute ``Options`` (a :class:`~selfsup_core.tasks.options.TaskOptions`
+    subclass listing each option with :func:`~selfsup_core.options.option`).
+    The task is built with those options as keyword arguments (or one options
+    object), checked on construction, and reads them from ``self.options``.
+    Its ``__init__``, if it has one, only builds derived state (buffers,
+    tables) from ``self.options``. ``self.options.to_dict()``, defaults
+    included, is what a run saves.
+
+    Args:
+        options: A ready options object (an instance of ``type(self).Options``);
+            ``**kwargs`` then override some of its values.
+        **kwargs: Option values; the ones not given take their declared default.
+
+    Raises:
+        TaskOptionError: An option the task does not declare, or a value its
+            declaration rejects (also a :class:`ValueError`).
 
     Attributes:
         name: The task's registered name (set by the plugin).
         summary: One line shown by ``selfsup tasks``.
         reconstructs: True when the targets are images; the trainer then
             writes preview grids and the benchmarks time a U-Net.
+        Options: The options dataclass (no options by default).
+        options: This task's resolved options, an instance of ``Options``.
     """
 
     name: ClassVar[str] = "unnamed"
     summary: ClassVar[str] = ""
     reconstructs: ClassVar[bool] = False
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
 
-    def __init__(self, **options: Any) -> None:
+    options: TaskOptions
+
+    def __init__(self, options: TaskOptions | None = None, **kwargs: Any) -> None:
         super().__init__()
-        self.options: dict[str, Any] = dict(options)
+        declared, what = type(self).Options, f"task {self.name!r}"
+        if options is None:
+            options = declared.parse(kwargs, what=what)
+        elif not isinstance(options, declared):
+            raise TypeError(f"{what} takes {declared.__name__} options, got {type(options).__name__}")
+        elif kwargs:
+            current = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+            options = declared.parse({**current, **kwargs}, what=what)
+        self.options = options
 
     # -- what every task implements -------------------------------------------------
 
@@ -162,8 +190,9 @@ class PretextTask(nn.Module):
 class ClassificationTask(PretextTask):
     """A pretext task whose targets are class indices (rotation, jigsaw...).
 
-    Subclasses set ``self.num_classes`` and implement :meth:`make_batch`; the
-    linear head, cross-entropy loss and accuracy metric come from here.
+    Subclasses provide ``num_classes`` (usually a property reading
+    ``self.options``) and implement :meth:`make_batch`; the linear head,
+    cross-entropy loss and accuracy metric come from here.
     """
 
     num_classes: int

@@ -13,45 +13,55 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup_core.tasks.base import PretextBatch, PretextTask
 from selfsup_core.models.unet import UNetDecoder
+from selfsup_core.options import at_least, option
+from selfsup_core.tasks.base import PretextBatch, PretextTask
+from selfsup_core.tasks.options import TaskOptions
+
+
+@dataclass(frozen=True)
+class ReconstructionOptions(TaskOptions):
+    """Options of every restoration task: the shape of its U-Net head.
+
+    Subclasses add their own options and may change a default by declaring
+    the field again (crappify: ``residual`` on by default).
+    """
+
+    drop_skips: int = option(0, help="shallowest U-Net skip connections left out (0: all kept)",
+                             check=at_least(0))
+    residual: bool = option(False, help="the decoder predicts a correction added to the degraded input "
+                                        "instead of the image")
 
 
 class ReconstructionTask(PretextTask):
     """A task whose head is a U-Net decoder and whose targets are clean images.
 
-    Args:
-        drop_skips: Shallowest skip connections the U-Net leaves out (see
-            :class:`~selfsup_core.unet.UNetDecoder`).
-        residual: The decoder predicts a correction added to the degraded
-            input (suits mild degradations: the output starts as good as the
-            input) instead of the image itself.
-        **options: Further options of the subclass, saved with the run.
+    Options (:class:`ReconstructionOptions`): ``drop_skips``, the shallowest
+    skip connections the U-Net leaves out (see
+    :class:`~selfsup_core.models.unet.UNetDecoder`), and ``residual``: the
+    decoder predicts a correction added to the degraded input (suits mild
+    degradations: the output starts as good as the input) instead of the
+    image itself.
     """
 
     reconstructs = True
-
-    def __init__(self, drop_skips: int = 0, residual: bool = False, **options: Any) -> None:
-        if not isinstance(drop_skips, int) or isinstance(drop_skips, bool) or drop_skips < 0:
-            raise ValueError(f"drop_skips must be a non-negative integer, got {drop_skips!r}")
-        if not isinstance(residual, bool):
-            raise ValueError(f"residual must be true or false, got {residual!r}")
-        super().__init__(drop_skips=drop_skips, residual=residual, **options)
-        self.drop_skips = drop_skips
-        self.residual = residual
+    Options = ReconstructionOptions
+    options: ReconstructionOptions
 
     def build_head(self, encoder: nn.Module) -> nn.Module:
-        return UNetDecoder.for_encoder(encoder, drop_skips=self.drop_skips, residual=self.residual)
+        return UNetDecoder.for_encoder(encoder, drop_skips=self.options.drop_skips,
+                                       residual=self.options.residual)
 
     def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Any, batch: PretextBatch) -> Tensor:
         # A residual decoder corrects the degraded image itself: the batch's
         # inputs, in [0, 1], before normalisation.
-        base = batch.inputs if self.residual else None
+        base = batch.inputs if self.options.residual else None
         return head(encoder.forward_stages(inputs), size=tuple(inputs.shape[-2:]), base=base)
 
     def loss(self, outputs: Tensor, batch: PretextBatch) -> Tensor:
@@ -63,34 +73,3 @@ class ReconstructionTask(PretextTask):
             "restored": outputs.detach().float().clamp(0, 1),
             "original": batch.targets.detach(),
         }
-
-
-def check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> tuple:
-    """Validate a ``(min, max)`` option (a single number means ``(x, x)``).
-
-    Returns:
-        The pair as a tuple of floats (or ints with ``integer=True``).
-
-    Raises:
-        ValueError: Not one or two numbers, ``min > max``, or outside ``[low, high]``.
-    """
-    pair = (value, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    try:
-        a, b = pair
-        kind = int if integer else float
-        if integer and (a != int(a) or b != int(b)):
-            raise TypeError
-        a, b = kind(a), kind(b)
-    except (TypeError, ValueError):
-        what = "integers" if integer else "numbers"
-        raise ValueError(f"{name} must be one or two {what} (min, max), got {value!r}") from None
-    if not (low <= a <= b <= high):
-        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
-    return a, b
-
-
-def check_probability(name: str, value: Any) -> float:
-    """Validate a probability option; raises ValueError outside ``[0, 1]``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-    return float(value)

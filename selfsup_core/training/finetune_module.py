@@ -9,9 +9,9 @@ from torch import Tensor, nn
 
 from selfsup_core.models.encoders import build_encoder
 from selfsup_core.models.export import load_encoder
-from selfsup_core.training.image_module import ImageModule
 from selfsup_core.tasks.metrics import accuracy
 from selfsup_core.threads import one_cpu_thread
+from selfsup_core.training.image_module import ImageModule
 
 
 class ClassifierModule(ImageModule):

@@ -12,15 +12,16 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from selfsup_core.training.finetune_module import ClassifierModule
-from selfsup_core.training.config import FinetuneConfig, config_from_mapping, resolve_defaults
-from selfsup_core.data.decoded import check_label_fraction, label_subset
+from selfsup_core.config import FinetuneConfig, resolve_defaults
 from selfsup_core.data.datamodule import ImageDataModule
-from selfsup_core.models.encoders import build_encoder
-from selfsup_core.errors import ConfigError, DataError
-from selfsup_core.models.export import read_encoder_info
-from selfsup_core.training.runs import prepare_run_dir, record_run, write_json
+from selfsup_core.data.decoded import label_subset
 from selfsup_core.data.sources import load_split
+from selfsup_core.errors import DataError
+from selfsup_core.models.encoders import build_encoder
+from selfsup_core.models.export import read_matching_info
+from selfsup_core.plugin.host import PluginHost
+from selfsup_core.training.finetune_module import ClassifierModule
+from selfsup_core.training.runs import prepare_run_dir, record_run, write_json
 from selfsup_core.training.trainer import build_trainer, compile_model, resume_path
 
 logger = logging.getLogger(__name__)
@@ -59,26 +60,29 @@ class _AccuracyHistory(Callback):
             self.history.append(float(trainer.callback_metrics["val/acc"]))
 
 
-def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> FinetuneResult:
+def finetune(
+    config: FinetuneConfig | None = None, *, host: PluginHost | None = None, **overrides: Any
+) -> FinetuneResult:
     """Fine-tune a classifier on labelled folders (or the built-in glyph classes).
 
     ``encoder="none"`` is the from-scratch baseline: same architecture, same
     image size, same recipe.
+
+    Args:
+        config: Settings; ``None`` starts from the defaults.
+        host: Whose plugins provide the encoder; ``None`` is the process's host.
+        **overrides: Any :class:`~selfsup_core.config.FinetuneConfig` field.
 
     Example:
         >>> scratch = finetune(encoder="none", arch="tiny", max_epochs=1)  # doctest: +SKIP
         >>> 0 <= scratch.val_acc <= 1
         True
     """
-    if config is None:
-        config = config_from_mapping(FinetuneConfig, overrides, "finetune()")
-    elif overrides:
-        config = dataclasses.replace(config, **overrides)
+    config = (config or FinetuneConfig()).updated(overrides, source="finetune()")
     config = _with_encoder_settings(config)
     config = resolve_defaults(config, "finetune")
-    check_label_fraction(config.label_fraction)
     assert config.arch is not None  # set by _with_encoder_settings
-    build_encoder(config.arch)
+    build_encoder(config.arch, host=host)
 
     run_dir = prepare_run_dir(config.out, "finetune", resume=config.resume, overwrite=config.overwrite)
     pl.seed_everything(config.seed, workers=True, verbose=False)
@@ -99,7 +103,7 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Finetune
     )
     data = ImageDataModule(train, split.val, batch_size=config.batch_size, seed=config.seed,
                            on_device=config.data_on_device)
-    record_run(run_dir, {"job": "finetune", **dataclasses.asdict(config), "train_images": len(train)})
+    record_run(run_dir, {"job": "finetune", **config.to_dict(), "train_images": len(train)})
     if config.compile:
         compile_model(module)
     trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,
@@ -121,11 +125,6 @@ def finetune(config: FinetuneConfig | None = None, **overrides: Any) -> Finetune
 def _with_encoder_settings(config: FinetuneConfig) -> FinetuneConfig:
     """Take architecture and image size from the encoder file unless given."""
     if config.encoder == "none":
-        return dataclasses.replace(config, arch=config.arch or "resnet18")
-    info = read_encoder_info(config.encoder)
-    if config.arch is not None and config.arch != info.arch:
-        raise ConfigError(
-            f"{config.encoder} holds a {info.arch!r} encoder but --arch {config.arch} was given: "
-            f"drop --arch or pass --arch {info.arch}."
-        )
-    return dataclasses.replace(config, arch=info.arch, image_size=config.image_size or info.image_size)
+        return config.replace(arch=config.arch or "resnet18")
+    info = read_matching_info(config.encoder, config.arch)
+    return config.replace(arch=info.arch, image_size=config.image_size or info.image_size)

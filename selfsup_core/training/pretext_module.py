@@ -11,9 +11,10 @@ import torchvision
 from torch import Tensor
 
 from selfsup_core.models.encoders import build_encoder
-from selfsup_core.training.image_module import ImageModule
+from selfsup_core.plugin.host import PluginHost
 from selfsup_core.plugin.registry import create_task
 from selfsup_core.tasks.base import PretextBatch, PretextTask
+from selfsup_core.training.image_module import ImageModule
 from selfsup_core.training.step import pretext_step
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class PretextModule(ImageModule):
         preview_dir: Where reconstruction tasks write their image grids
             each epoch (``None``: nowhere).
         **optim: Passed to :class:`~selfsup_core.lightning_base.ImageModule`.
+        host: Whose plugins provide the task and encoder; ``None`` is the
+            process's host. Not saved: a resumed run uses the process's host.
 
     Example:
         >>> module = PretextModule("rotation", arch="tiny")
@@ -53,11 +56,12 @@ class PretextModule(ImageModule):
         weight_decay: float = 0.05,
         warmup_fraction: float = 0.05,
         channels_last: bool = False,
+        host: PluginHost | None = None,
     ) -> None:
         super().__init__(channels_last=channels_last)
-        self.save_hyperparameters()
-        self.task: PretextTask = create_task(task, **(task_options or {}))
-        self.encoder = build_encoder(arch)
+        self.save_hyperparameters(ignore=["host"])  # a live object: not a hyperparameter
+        self.task: PretextTask = create_task(task, host=host, **(task_options or {}))
+        self.encoder = build_encoder(arch, host=host)
         self.head = self.task.build_head(self.encoder)
         if channels_last:
             self.to(memory_format=torch.channels_last)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -12,14 +11,15 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from selfsup_core.training.config import PretrainConfig, config_from_mapping, resolve_defaults
+from selfsup_core.config import PretrainConfig, resolve_defaults
 from selfsup_core.data.datamodule import ImageDataModule
+from selfsup_core.data.sources import load_split
 from selfsup_core.models.encoders import build_encoder
 from selfsup_core.models.export import EncoderInfo, save_encoder
-from selfsup_core.training.pretext_module import PretextModule
+from selfsup_core.plugin.host import PluginHost
 from selfsup_core.plugin.registry import build_task_registry, check_options
+from selfsup_core.training.pretext_module import PretextModule
 from selfsup_core.training.runs import prepare_run_dir, record_run, write_json
-from selfsup_core.data.sources import load_split
 from selfsup_core.training.trainer import build_trainer, compile_model, resume_path
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,15 @@ class PretrainResult:
     seconds: float
 
 
-def pretrain(config: PretrainConfig | None = None, **overrides: Any) -> PretrainResult:
+def pretrain(
+    config: PretrainConfig | None = None, *, host: PluginHost | None = None, **overrides: Any
+) -> PretrainResult:
     """Pretrain an encoder on a pretext task, then export it.
 
     Args:
         config: Settings; ``None`` starts from the defaults.
+        host: Whose plugins provide the task and encoder; ``None`` is the
+            process's host (:func:`~selfsup_core.plugin.host.get_plugin_host`).
         **overrides: Any :class:`~selfsup_core.config.PretrainConfig` field.
 
     Example:
@@ -54,15 +58,12 @@ def pretrain(config: PretrainConfig | None = None, **overrides: Any) -> Pretrain
         >>> result.encoder_path.name
         'encoder.safetensors'
     """
-    if config is None:
-        config = config_from_mapping(PretrainConfig, overrides, "pretrain()")
-    elif overrides:
-        config = dataclasses.replace(config, **overrides)
+    config = (config or PretrainConfig()).updated(overrides, source="pretrain()")
     config = resolve_defaults(config, "pretrain")
     # Fail on a bad task, task option or architecture before touching data.
-    spec = build_task_registry().get(config.task).spec
+    spec = build_task_registry(host).get(config.task).spec
     check_options(spec.factory, config.task_options, what=f"task {config.task!r}")
-    build_encoder(config.arch)
+    build_encoder(config.arch, host=host)
 
     run_dir = prepare_run_dir(config.out, config.task, resume=config.resume, overwrite=config.overwrite)
     pl.seed_everything(config.seed, workers=True, verbose=False)
@@ -75,11 +76,12 @@ def pretrain(config: PretrainConfig | None = None, **overrides: Any) -> Pretrain
     module = PretextModule(
         task=config.task, task_options=dict(config.task_options), arch=config.arch,
         preview_dir=str(run_dir / "previews"), lr=config.lr, weight_decay=config.weight_decay,
-        channels_last=torch.cuda.is_available(),
+        channels_last=torch.cuda.is_available(), host=host,
     )
     data = ImageDataModule(split.train, split.val, batch_size=config.batch_size, seed=config.seed,
                            on_device=config.data_on_device)
-    record_run(run_dir, {"job": "pretrain", **dataclasses.asdict(config),
+    record_run(run_dir, {"job": "pretrain", **config.to_dict(),
+                         "resolved_task_options": module.task.options.to_dict(),  # defaults included
                          "train_images": len(split.train), "skipped_images": len(split.train.skipped)})
     if config.compile:
         compile_model(module)

@@ -1,0 +1,258 @@
+"""The settings of every command, declared once: defaults < YAML file < command line.
+
+Each command (``pretrain``, ``finetune``, ``evaluate``, ``bench tasks``,
+``bench throughput``, ``bench eval``) has one :class:`~selfsup_core.options.Options`
+dataclass here. The same declaration checks values from Python keywords,
+``--config FILE.yaml`` and ``--flags``, and generates ``--help``. Values that
+are ``None`` mean "choose for me": :func:`resolve_defaults` fills them from the
+data and the device, and says so in each option's help.
+
+This module imports neither torch nor Lightning, so ``selfsup --help`` answers
+at once.
+
+Example:
+    >>> config = PretrainConfig.from_mapping({"max_epochs": 3, "task": "rotation"}, source="example")
+    >>> config.max_epochs, config.lr
+    (3, 0.001)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from selfsup_core.errors import ConfigError
+from selfsup_core.options import Options, at_least, option, positive, within
+
+ConfigT = TypeVar("ConfigT", bound="RunConfig")
+
+_ONE = at_least(1)
+_ZERO = at_least(0)
+
+
+@dataclass(frozen=True)
+class RunConfig(Options):
+    """Settings every training job shares (``pretrain`` and ``finetune``)."""
+
+    data: str | None = option(None, help="image folder", default_text="the built-in glyphs, no download",
+                              metavar="DIR")
+    image_size: int | None = option(
+        None, help="square training size in pixels", check=_ONE,
+        default_text="32 for the built-in data; folders: 64 on a CPU, 128 on a GPU")
+    batch_size: int | None = option(None, help="images per batch", check=_ONE,
+                                    default_text="128; 256 for folders on a GPU")
+    max_epochs: int | None = option(None, help="training epochs", check=_ONE,
+                                    default_text="pretrain 12 (built-in) or 30; finetune 15 or 30")
+    lr: float = option(1e-3, help="peak learning rate (AdamW, warm-up then cosine)", check=positive)
+    weight_decay: float = option(0.05, help="AdamW weight decay", check=_ZERO)
+    seed: int = option(0, help="seed of the split, the subsets, the weights and the augmentations")
+    num_workers: int | None = option(None, help="image decoding processes", check=_ZERO,
+                                     default_text="0 for the built-in data, else min(4, CPUs)")
+    devices: int | str | list[int] = option("auto", help="Lightning devices: a count, a list of ids or auto")
+    precision: str | None = option(None, help="Lightning precision, e.g. 32-true or bf16-mixed",
+                                   default_text="bf16-mixed on GPUs that support it, else 32-true")
+    limit: int | None = option(None, help="use a seeded subset of N training images", check=_ONE,
+                               default_text="all images")
+    out: str | None = option(None, help="run folder", default_text="a new folder in runs/", metavar="DIR")
+    resume: bool = option(False, help="continue the run in --out from its last checkpoint")
+    overwrite: bool = option(False, help="reuse a non-empty --out, replacing what is there")
+    cache: bool = option(True, help="decode images once into the decode cache and reuse them")
+    data_on_device: bool | None = option(
+        None, help="keep decoded images in GPU memory and sample there",
+        default_text="on a GPU, when they fit in a quarter of its free memory")
+    compile: bool = option(False, help="torch.compile encoder and head (slow start, faster GPU steps)")
+    progress: bool = option(True, help="show progress bars")
+
+
+@dataclass(frozen=True)
+class PretrainConfig(RunConfig):
+    """``selfsup pretrain`` settings."""
+
+    task: str = option("rotation", help="pretext task (selfsup tasks lists them)")
+    task_options: dict[str, Any] = option(help="options of the task (selfsup tasks --options NAME)",
+                                          default_factory=dict, default_text="the task's defaults")
+    arch: str = option("resnet18", help="encoder architecture: resnet18, resnet34, tiny or a plugin's")
+    val_fraction: float = option(0.1, help="share of --data held out to validate the pretext",
+                                 check=within(0.0, 0.9))
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(RunConfig):
+    """``selfsup finetune`` settings. ``encoder="none"`` trains from scratch."""
+
+    encoder: str = option("none", help="encoder.safetensors from pretrain, or none (from scratch)",
+                         metavar="FILE|none")
+    arch: str | None = option(None, help="encoder architecture",
+                              default_text="the encoder's; resnet18 for none")
+    val_data: str | None = option(None, help="labelled validation folder",
+                                  default_text="--val-fraction of --data", metavar="DIR")
+    val_fraction: float = option(0.2, help="share of --data held out when there is no --val-data",
+                                 check=within(0.0, 0.9))
+    label_fraction: float = option(1.0, help="seeded, class-balanced share of the labels to train on",
+                                   check=within(1e-9, 1.0))
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Options):
+    """``selfsup evaluate`` settings."""
+
+    encoder: str | None = option(None, help="encoder.safetensors from pretrain, or none (random init)",
+                                 default_text="required", metavar="FILE|none")
+    protocol: Literal["knn", "linear", "finetune"] | None = option(
+        None, help="knn, linear (probe on frozen features) or finetune", default_text="required")
+    arch: str | None = option(None, help="encoder architecture", default_text="the encoder's; resnet18 for none")
+    data: str | None = option(None, help="labelled train folder", default_text="the built-in glyphs",
+                              metavar="DIR")
+    val_data: str | None = option(None, help="labelled validation folder", default_text="20% of --data",
+                                  metavar="DIR")
+    label_fraction: float = option(1.0, help="seeded, class-balanced share of the train labels",
+                                   check=within(1e-9, 1.0))
+    max_epochs: int | None = option(None, help="fine-tune epochs", check=_ONE,
+                                    default_text="as selfsup finetune chooses")
+    seed: int = option(0, help="seed of the label subset, the random encoder and the training")
+    image_size: int | None = option(None, help="square image size", check=_ONE,
+                                    default_text="the encoder's; as selfsup finetune for none")
+    batch_size: int | None = option(None, help="images per batch", check=_ONE,
+                                    default_text="as selfsup finetune chooses")
+    limit: int | None = option(None, help="use a seeded subset of N train images", check=_ONE,
+                               default_text="all images")
+    out: str | None = option(None, help="folder for results.jsonl", default_text="a new folder in runs/",
+                             metavar="DIR")
+    progress: bool = option(False, help="show fine-tuning progress bars")
+
+    def validate(self) -> None:
+        if self.encoder is None:
+            raise ValueError("encoder is required: an encoder.safetensors written by pretrain, or none")
+        if self.protocol is None:
+            raise ValueError("protocol is required: knn, linear or finetune")
+
+
+@dataclass(frozen=True)
+class BenchTasksConfig(Options):
+    """``selfsup bench tasks`` settings."""
+
+    device: str | None = option(None, help="cuda or cpu", default_text="cuda when available")
+    image_size: int | None = option(None, help="image side in pixels", check=_ONE,
+                                    default_text="224 on a GPU, 64 on a CPU")
+    batch_size: int | None = option(None, help="images per batch", check=_ONE,
+                                    default_text="256 on a GPU, 32 on a CPU")
+    arch: str = option("resnet34", help="encoder of the timed model")
+    repeats: int | None = option(None, help="timed calls; the median is reported", check=_ONE,
+                                 default_text="20 on a GPU, 5 on a CPU")
+    warmup: int = option(2, help="untimed calls first", check=_ZERO)
+    tasks: str = option("*", help="shell pattern of the task names to time")
+
+
+@dataclass(frozen=True)
+class BenchThroughputConfig(Options):
+    """``selfsup bench throughput`` settings."""
+
+    data: str | None = option(None, help="image folder (any tree of images)", default_text="required",
+                              metavar="DIR")
+    image_size: int = option(64, help="square training size", check=_ONE)
+    arch: str = option("resnet18", help="encoder architecture")
+    task: str = option("rotation", help="pretext task of selfsup's loop")
+    num_workers: int = option(2, help="loader processes of the tutorial's pipeline and selfsup's", check=_ZERO)
+    batch_size: int = option(128, help="images per batch", check=_ONE)
+    steps: int = option(10, help="timed train steps per measurement", check=_ONE)
+    data_steps: int = option(30, help="timed batches per data-path measurement", check=_ONE)
+    warmup: int = option(2, help="untimed steps before each measurement", check=_ZERO)
+    repeats: int = option(3, help="interleaved repetitions; medians are reported", check=_ONE)
+    limit: int | None = option(None, help="use a seeded, class-stratified subset of N images", check=_ONE,
+                               default_text="all images")
+    cache_dir: str | None = option(None, help="decode cache folder",
+                                   default_text="a fresh temporary one, so the build is timed", metavar="DIR")
+    device: str | None = option(None, help="cuda or cpu", default_text="cuda when available")
+    threads: int | None = option(None, help="intra-op CPU threads of the main process", check=_ONE,
+                                 default_text="PyTorch's choice")
+    seed: int = option(0, help="seed of the subset and the shuffling")
+
+    def validate(self) -> None:
+        if self.data is None:
+            raise ValueError("data is required: an image folder to read")
+
+
+IMAGENETTE_ENV = "SELFSUP_IMAGENETTE"
+
+
+@dataclass(frozen=True)
+class BenchEvalConfig(Options):
+    """``selfsup bench eval`` settings."""
+
+    data: str | None = option(None, help="Imagenette root with train/ and val/",
+                              default_text=f"${IMAGENETTE_ENV}", metavar="DIR")
+    tasks: str = option("rotation,cutout,crappify", help="comma-separated tasks to pretrain")
+    task_options: dict[str, dict[str, Any]] = option(
+        help="options per task, e.g. {rotation: {num_transforms: 6}}", default_factory=dict,
+        default_text="each task's defaults")
+    arch: str = option("resnet18", help="encoder architecture")
+    image_size: int = option(32, help="square image size", check=_ONE)
+    batch_size: int = option(128, help="images per batch", check=_ONE)
+    pretrain_epochs: int = option(60, help="pretext epochs of each task", check=_ONE)
+    task_epochs: dict[str, int] = option(help="pretext epochs of one task, overriding --pretrain-epochs",
+                                         default_factory=dict, default_text="none")
+    finetune_epochs: int = option(30, help="fine-tune epochs", check=_ONE)
+    seeds: int = option(2, help="fine-tune seeds (2 or more measure the spread)", check=_ONE)
+    label_fraction: float = option(0.1, help="share of the train labels for fine-tuning",
+                                   check=within(1e-9, 1.0))
+    full_finetune: bool = option(False, help="also fine-tune with all labels (same epochs)")
+    limit: int | None = option(None, help="use a seeded, class-stratified subset of N train images",
+                               check=_ONE, default_text="all images")
+    threads: int | None = option(None, help="intra-op CPU threads (1 is faster on a busy machine)", check=_ONE,
+                                 default_text="PyTorch's choice")
+    num_workers: int | None = option(None, help="decoding processes", check=_ZERO, default_text="min(2, CPUs)")
+    out: str | None = option(None, help="report folder", default_text="a new folder in runs/", metavar="DIR")
+
+    def task_list(self) -> list[str]:
+        """The names in :attr:`tasks`."""
+        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+    def validate(self) -> None:
+        names = self.task_list()
+        for name in (*self.task_options, *self.task_epochs):
+            if name not in names:
+                raise ValueError(f"settings given for task {name!r}, which is not in tasks ({', '.join(names)})")
+
+
+# -- reading and resolving -------------------------------------------------------------------
+
+# Defaults chosen from where the data comes from and what runs it.
+_BUILTIN = {"image_size": 32, "batch_size": 128}
+_FOLDER_CPU = {"image_size": 64, "batch_size": 128}
+_FOLDER_GPU = {"image_size": 128, "batch_size": 256}
+_EPOCHS = {("pretrain", True): 12, ("pretrain", False): 30, ("finetune", True): 15, ("finetune", False): 30}
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML configuration file (a mapping at the top level).
+
+    Relative paths inside it are read as given, from the current folder.
+    """
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot read config file {path}: {reason}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values.")
+    return loaded
+
+
+def resolve_defaults(config: ConfigT, job: Literal["pretrain", "finetune"]) -> ConfigT:
+    """Fill every ``None`` size/epoch/worker setting from the data source and the device."""
+    import torch  # only here: the rest of this module stays light
+
+    builtin = config.data is None
+    table = _BUILTIN if builtin else (_FOLDER_GPU if torch.cuda.is_available() else _FOLDER_CPU)
+    updates: dict[str, Any] = {k: v for k, v in table.items() if getattr(config, k) is None}
+    if config.max_epochs is None:
+        updates["max_epochs"] = _EPOCHS[(job, builtin)]
+    if config.num_workers is None:
+        updates["num_workers"] = 0 if builtin else min(4, os.cpu_count() or 1)
+    return config.replace(**updates)
