@@ -67,6 +67,12 @@ _LAZY = {
     "build_plugin_host": "selfsup_core.plugin.host",
     "use_plugin_host": "selfsup_core.plugin.host",
     "TaskSpec": "selfsup_core.plugin.registry",
+    "AugmentationSpec": "selfsup_core.plugin.registry",
+    "list_augmentations": "selfsup_core.plugin.registry",
+    "create_augmentation": "selfsup_core.plugin.registry",
+    "Augmentation": "selfsup_core.augment.base",
+    "AugmentationOptions": "selfsup_core.augment.base",
+    "Pipeline": "selfsup_core.augment.base",
     "EncoderSpec": "selfsup_core.plugin.registry",
     "list_tasks": "selfsup_core.plugin.registry",
     "create_task": "selfsup_core.plugin.registry",
@@ -104,6 +110,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+    from selfsup_core.augment.base import Augmentation, AugmentationOptions, Pipeline
     from selfsup_core.config import FinetuneConfig, PretrainConfig
     from selfsup_core.evaluation.protocols import EvalResult, evaluate
     from selfsup_core.models.encoders import Encoder, build_encoder, list_encoders
@@ -111,7 +118,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from selfsup_core.models.normalization import Normalizer
     from selfsup_core.models.unet import UNetDecoder
     from selfsup_core.plugin.host import PluginHost, build_plugin_host, get_plugin_host, use_plugin_host
-    from selfsup_core.plugin.registry import EncoderSpec, TaskSpec, create_task, list_tasks
+    from selfsup_core.plugin.registry import (
+        AugmentationSpec,
+        EncoderSpec,
+        TaskSpec,
+        create_augmentation,
+        create_task,
+        list_augmentations,
+        list_tasks,
+    )
     from selfsup_core.tasks.base import ClassificationTask, PretextBatch, PretextTask, map_inputs
     from selfsup_core.tasks.metrics import accuracy, psnr
     from selfsup_core.tasks.options import TaskOptions, range_option

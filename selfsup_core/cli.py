@@ -4,7 +4,9 @@ Every command's options come from its settings dataclass in
 :mod:`selfsup_core.config` (one declaration gives the flags, their help with
 defaults, the ``--config`` file keys and the checks), so the command line,
 config files and the Python API accept the same things. User errors
-(:class:`~selfsup_core.errors.SelfsupError`) print one line and exit 1.
+(:class:`~selfsup_core.errors.SelfsupError`, and a full or read-only disk)
+print one line and exit 1; SIGINT and SIGTERM exit 130 and 143, after
+training saved its checkpoint, with the command that resumes it.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from selfsup_core import __version__
 from selfsup_core import config as settings
-from selfsup_core.errors import ConfigError, SelfsupError
-from selfsup_core.options import Options, add_option_arguments, parse_value
+from selfsup_core.errors import ConfigError, RunInterrupted, SelfsupError
+from selfsup_core.options import Options, add_option_arguments, options_table, parse_value
 
 if TYPE_CHECKING:
     from selfsup_core.plugin.host import PluginHost
@@ -56,8 +60,9 @@ def _task_key_value(text: str) -> tuple[str, str, Any]:
 def _pretrain_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-option", dest="task_option_items", type=_key_value, action="append",
                         default=argparse.SUPPRESS, metavar="KEY=VALUE",
-                        help="a task option, repeatable; lists are written [0.7, 1.0]; "
-                             "selfsup tasks --options NAME lists them (default: the task's defaults)")
+                        help="a task option, repeatable; lists are written in brackets and quoted for the "
+                             "shell, 'crop_scale=[0.7, 1.0]'; selfsup tasks --options NAME lists them "
+                             "(default: the task's defaults)")
 
 
 def _bench_eval_flags(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +75,12 @@ def _bench_eval_flags(parser: argparse.ArgumentParser) -> None:
                         help="pretext epochs of one task, overriding --pretrain-epochs, repeatable (default: none)")
 
 
+def _cache_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("list", "verify", "clear"),
+                        help="list the entries (size, images, folder, last used), verify every checksum "
+                             "(corrupt entries are removed), or clear them (all, --older-than DAYS, --max-gb GB)")
+
+
 COMMANDS: dict[str, Command] = {
     "pretrain": Command(settings.PretrainConfig, "pretrain an encoder on a pretext task",
                         "selfsup_core.cli:run_pretrain", _pretrain_flags, exclude=("task_options",)),
@@ -77,6 +88,8 @@ COMMANDS: dict[str, Command] = {
                         "selfsup_core.cli:run_finetune"),
     "evaluate": Command(settings.EvaluateConfig, "kNN, linear probe or fine-tune evaluation of an encoder",
                         "selfsup_core.cli:run_evaluate"),
+    "cache": Command(settings.CacheConfig, "list, verify or clear the decode cache",
+                     "selfsup_core.data.cache:run_command", _cache_flags, exclude=("action",)),
 }
 BENCHMARKS: dict[str, Command] = {
     "tasks": Command(settings.BenchTasksConfig, "time each task's batch generation against its train step",
@@ -93,7 +106,10 @@ def _add_command(commands: Any, name: str, command: Command) -> None:
     sub.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
                      help="YAML file with any of these options as keys (underscores or dashes); "
                           "the command line wins over the file, the file over the defaults (default: none)")
-    add_option_arguments(sub, command.config, exclude=command.exclude)
+    sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                     help="show every library's logs, Lightning's banners and warnings, and plugin "
+                          "tracebacks, as selfsup -v COMMAND (default: off)")
+    add_option_arguments(sub, command.config, exclude=(*command.exclude, "verbose"))
     if command.extra is not None:
         command.extra(sub)
     sub.set_defaults(command_spec=command)
@@ -111,6 +127,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     tasks = commands.add_parser("tasks", help="list installed tasks and where they come from")
     tasks.add_argument("--options", metavar="NAME", help="show the options of task NAME: type, default, meaning")
+    augmentations = commands.add_parser("augmentations", help="list installed augmentations and where they come from")
+    augmentations.add_argument("--options", metavar="NAME", help="show the options of augmentation NAME")
     for name, command in COMMANDS.items():
         _add_command(commands, name, command)
     bench = commands.add_parser("bench", help="benchmarks: tasks, throughput, eval")
@@ -123,7 +141,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace, command: Command) -> Options:
     """The command's settings: defaults < ``--config`` file < flags given on the command line."""
     names = {f.name for f in fields(command.config)}
-    given = {k: v for k, v in vars(args).items() if k in names}
+    given = {k: v for k, v in vars(args).items() if k in names and k != "verbose"}  # -v is the parser's own
     values: dict[str, Any] = {}
     config_file = getattr(args, "config", None)
     if config_file:
@@ -133,6 +151,8 @@ def settings_from_args(args: argparse.Namespace, command: Command) -> Options:
             raise ConfigError(f"config file {config_file}: unknown key(s) {', '.join(unknown)}; "
                               f"known keys: {', '.join(sorted(names))}.")
     values.update(given)
+    if getattr(args, "verbose", False) and "verbose" in names:
+        values["verbose"] = True
     items = getattr(args, "task_option_items", [])
     if items and len(items[0]) == 2:  # pretrain: KEY=VALUE
         values["task_options"] = {**_mapping(values.get("task_options"), "task_options"), **dict(items)}
@@ -161,10 +181,27 @@ def run_pretrain(config: settings.PretrainConfig) -> int:
 
     result = pretrain(config)
     _report(result.metrics, f"encoder: {result.encoder_path}", result.seconds)
-    data = f" --data {config.data}" if config.data else ""
-    print(f"next: selfsup evaluate --encoder {result.encoder_path} --protocol knn{data}   "
-          f"(labelled data; or selfsup finetune --encoder {result.encoder_path} ...)")
+    print("\n".join(next_steps(config.data, result.run_dir, result.encoder_path)))
     return 0
+
+
+def next_steps(data: str | None, run_dir: Any, encoder_path: Any) -> list[str]:
+    """What to run after pretraining: judge the encoder against the same network from scratch."""
+    from shlex import quote
+
+    run, encoder = quote(str(run_dir)), quote(str(encoder_path))
+    tuned = quote(f"{run_dir}-finetune")
+    if data is None:  # the built-in glyphs carry labels: both commands run as printed
+        return ["next: fine-tune it on the glyph labels, then the same network from scratch with the same recipe:",
+                f"  selfsup finetune --encoder {encoder} --out {tuned}",
+                f"  selfsup finetune --encoder none --like {tuned}",
+                f"quicker, kNN on frozen features: selfsup evaluate --protocol knn --encoder {encoder}, "
+                f"then --encoder none --like {run}"]
+    labelled = "--data LABELLED/train --val-data LABELLED/val"
+    return ["next: fine-tune it on labelled images (one sub-folder per class), then the same network from "
+            "scratch with the same recipe:",
+            f"  selfsup finetune --encoder {encoder} {labelled} --label-fraction 0.1 --out {tuned}",
+            f"  selfsup finetune --encoder none --like {tuned} {labelled}"]
 
 
 def run_finetune(config: settings.FinetuneConfig) -> int:
@@ -189,8 +226,11 @@ def run_evaluate(config: settings.EvaluateConfig) -> int:
     return 0
 
 
-def _print_tasks(host: PluginHost | None = None, verbose: bool = False) -> int:
-    """``selfsup tasks``: one line per task, per conflict and per broken plugin."""
+def _print_tasks(host: PluginHost | None = None, verbose: bool = False, kind: str = "task") -> int:
+    """``selfsup tasks``: one line per task, per conflict and per broken plugin.
+
+    ``kind="augmentation"``: the same for ``selfsup augmentations``.
+    """
     from selfsup_core.plugin.host import get_plugin_host
 
     if host is None:
@@ -202,14 +242,14 @@ def _print_tasks(host: PluginHost | None = None, verbose: bool = False) -> int:
             host = get_plugin_host()
         finally:
             plugin_logger.setLevel(saved)
-    registry = host.tasks
+    registry = host.augmentations if kind == "augmentation" else host.tasks
     shown: list[object] = []
     for name in registry.names():
         if name in registry.entries:
             entry = registry.entries[name]
             print(f"{name:<12} {entry.spec.summary}  [{entry.distribution}]")
         for conflict in host.conflicts:  # several for one name only across kinds
-            if conflict.kind == "task" and conflict.name == name:
+            if conflict.kind == kind and conflict.name == name:
                 print(f"{name:<12} {conflict.describe()}")
                 shown.append(conflict)
     # Broken plugins and the conflicts no task line carries (entry points, encoders).
@@ -241,18 +281,41 @@ def _print_task_options(name: str, host: PluginHost | None = None) -> int:
     return 0
 
 
-def _quiet_lightning(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning_fabric",
-                 "lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+def _print_augmentation_options(name: str, host: PluginHost | None = None) -> int:
+    """``selfsup augmentations --options NAME``: the augmentation's declared options, as a Markdown table."""
+    from selfsup_core.plugin.host import get_plugin_host
+
+    declared = getattr((host or get_plugin_host()).augmentations.get(name).spec.factory, "Options", None)
+    if not (isinstance(declared, type) and issubclass(declared, Options)):
+        print(f"augmentation {name!r} declares no Options class")
+        return 0
+    print(options_table(declared))
+    print(f"\nuse it by name: selfsup finetune --augment {name}, or in a task option that lists augmentations")
+    return 0
+
+
+class _PlainFormatter(logging.Formatter):
+    """selfsup's INFO lines as they are (settings, where files went); warnings and errors with their level."""
+
+    _leveled = logging.Formatter("%(levelname)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record) if record.levelno <= logging.INFO else self._leveled.format(record)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """selfsup's INFO lines on stderr; with -v, every library's, with logger names.
+
+    Lightning's banners and known warnings are the library's to hide
+    (:mod:`selfsup_core.quiet`): the commands pass ``verbose`` on to it.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s") if verbose
+                         else _PlainFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     logging.getLogger("selfsup_core").setLevel(logging.INFO)
     # -v: a broken plugin's traceback (logged at DEBUG) shows its author file:line.
     logging.getLogger("selfsup_core.plugin").setLevel(logging.DEBUG if verbose else logging.NOTSET)
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    warnings.filterwarnings("ignore", ".*on_after_batch_transfer.*")
-    warnings.filterwarnings("ignore", ".*litlogger.*")
 
 
 def main(argv: Sequence[str] | None = None, host: PluginHost | None = None) -> int:
@@ -265,31 +328,76 @@ def main(argv: Sequence[str] | None = None, host: PluginHost | None = None) -> i
     """
     from selfsup_core.plugin.host import use_plugin_host
 
+    with _terminate_as_exception():
+        return _main(argv, host, use_plugin_host)
+
+
+def _main(argv: Sequence[str] | None, host: PluginHost | None, use_plugin_host: Any) -> int:
+    from selfsup_core.ioutil import disk_error
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    resume = f"selfsup {argv[0]} --resume --out RUN" if argv and argv[0] in COMMANDS else "--resume --out RUN"
     try:
-        argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser(argv).parse_args(argv)
-        _quiet_lightning(args.verbose)
+        _configure_logging(args.verbose)
         if args.command == "tasks" and args.options:
             return _print_task_options(args.options, host)
         if args.command == "tasks":
             return _print_tasks(host, verbose=args.verbose)
+        if args.command == "augmentations":
+            return (_print_augmentation_options(args.options, host) if args.options
+                    else _print_tasks(host, verbose=args.verbose, kind="augmentation"))
         command: Command = args.command_spec
         config = settings_from_args(args, command)
         module, function = command.handler.split(":")
         with use_plugin_host(host):  # commands look plugins up deep down: one host for all of them
             return int(getattr(importlib.import_module(module), function)(config))
+    except RunInterrupted as exc:  # training saved a checkpoint and says how to resume
+        print(f"selfsup: {exc}", file=sys.stderr)
+        return exc.exit_code
     except SelfsupError as exc:
         print(f"selfsup: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("selfsup: interrupted; resume with --resume --out RUN_DIR", file=sys.stderr)
+    except KeyboardInterrupt:  # outside training: before its first checkpoint or after its last
+        print(f"selfsup: interrupted (SIGINT); a run with a checkpoints/last.ckpt resumes with: {resume}",
+              file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"selfsup: terminated (SIGTERM); a run with a checkpoints/last.ckpt resumes with: {resume}",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except OSError as exc:
+        error = disk_error(exc)  # a full or read-only disk, wherever it was met: one line
+        if error is None:
+            raise
+        print(f"selfsup: error: {error}", file=sys.stderr)
+        return 1
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside training (training handles it itself: it saves a checkpoint first)."""
+
+
+@contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated`, so it ends with a message and exit status 143, not silently."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _report(metrics: dict[str, float], where: str, seconds: float) -> None:
-    shown = {k: v for k, v in metrics.items() if k.startswith("val/") or k.endswith("_epoch")}
-    for key in sorted(shown):
-        print(f"{key}: {shown[key]:.4f}")
+    for key in sorted(metrics):  # one value per metric: the final epoch's
+        print(f"{key}: {metrics[key]:.4f}")
     print(f"trained in {seconds:.1f} s; {where}")
 
 

@@ -34,6 +34,28 @@ _ONE = at_least(1)
 _ZERO = at_least(0)
 
 
+PRECISIONS = ("64", "32", "16", "bf16", "64-true", "32-true", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+              "transformer-engine", "transformer-engine-float16")
+"""What Lightning 2 accepts as ``precision``."""
+
+
+def _precision(name: str, value: str) -> str:
+    if value not in PRECISIONS:
+        raise ValueError(f"{name} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value
+
+
+def _devices(name: str, value: int | str | list[int]) -> int | str | list[int]:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    ok = (value == "auto" or (isinstance(value, int) and (value >= 1 or value == -1))
+          or (isinstance(value, list) and value and all(i >= 0 for i in value)))
+    if not ok:
+        raise ValueError(f"{name} must be a count of at least 1 (-1: all), a list of device ids such as "
+                         f"[0, 1], or auto; got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class RunConfig(Options):
     """Settings every training job shares (``pretrain`` and ``finetune``)."""
@@ -41,7 +63,8 @@ class RunConfig(Options):
     data: str | None = option(None, help="image folder", default_text="the built-in glyphs, no download",
                               metavar="DIR")
     image_size: int | None = option(
-        None, help="square training size in pixels", check=_ONE,
+        None, help="square training size in pixels, at least the architecture's down-sampling "
+                   "(ResNets 32, tiny 8)", check=_ONE,
         default_text="32 for the built-in data; folders: 64 on a CPU, 128 on a GPU")
     batch_size: int | None = option(None, help="images per batch", check=_ONE,
                                     default_text="128; 256 for folders on a GPU")
@@ -52,8 +75,12 @@ class RunConfig(Options):
     seed: int = option(0, help="seed of the split, the subsets, the weights and the augmentations")
     num_workers: int | None = option(None, help="image decoding processes", check=_ZERO,
                                      default_text="0 for the built-in data, else min(4, CPUs)")
-    devices: int | str | list[int] = option("auto", help="Lightning devices: a count, a list of ids or auto")
-    precision: str | None = option(None, help="Lightning precision, e.g. 32-true or bf16-mixed",
+    devices: int | str | list[int] = option("auto", check=_devices,
+                                            help="Lightning devices: a count, a list of ids or auto")
+    precision: str | None = option(None, convert=lambda v: str(v) if isinstance(v, int) else v,
+                                   check=_precision,
+                                   help="Lightning precision, e.g. 32-true or bf16-mixed "
+                                                 "(config.yaml records the one used)",
                                    default_text="bf16-mixed on GPUs that support it, else 32-true")
     limit: int | None = option(None, help="use a seeded subset of N training images", check=_ONE,
                                default_text="all images")
@@ -61,11 +88,24 @@ class RunConfig(Options):
     resume: bool = option(False, help="continue the run in --out from its last checkpoint")
     overwrite: bool = option(False, help="reuse a non-empty --out, replacing what is there")
     cache: bool = option(True, help="decode images once into the decode cache and reuse them")
+    strict: bool = option(False, help="fail on the first file or class folder that cannot be used "
+                                      "(one line naming it) instead of skipping it and listing it")
     data_on_device: bool | None = option(
         None, help="keep decoded images in GPU memory and sample there",
         default_text="on a GPU, when they fit in a quarter of its free memory")
     compile: bool = option(False, help="torch.compile encoder and head (slow start, faster GPU steps)")
     progress: bool = option(True, help="show progress bars")
+    keep_checkpoint: bool = option(
+        True, help="keep checkpoints/last.ckpt when the run ends (only --resume needs it; "
+                   "deleting it loses nothing else)")
+    verbose: bool = option(False, help="show PyTorch Lightning's banners, tips and known warnings "
+                                       "(selfsup -v on the command line)")
+    checkpoint_every_steps: int | None = option(
+        None, help="also save checkpoints/last.ckpt every N training steps", check=_ONE,
+        default_text="at the end of every epoch only")
+    checkpoint_every_minutes: float | None = option(
+        None, help="also save checkpoints/last.ckpt every N minutes of training", check=positive,
+        default_text="at the end of every epoch only")
 
 
 @dataclass(frozen=True)
@@ -80,20 +120,41 @@ class PretrainConfig(RunConfig):
                                  check=within(0.0, 0.9))
 
 
+def _name_list(value: Any) -> Any:
+    """For ``convert=``: a comma-separated string of names is the list of those names."""
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
+
+
 @dataclass(frozen=True)
 class FinetuneConfig(RunConfig):
     """``selfsup finetune`` settings. ``encoder="none"`` trains from scratch."""
 
     encoder: str = option("none", help="encoder.safetensors from pretrain, or none (from scratch)",
                          metavar="FILE|none")
+    like: str | None = option(
+        None, help="mirror a run: take architecture and image size from its encoder.json, and from a "
+                   "finetune run folder also epochs, batch size, lr, weight decay, label fraction and --augment "
+                   "(settings given here win)",
+        default_text="none: the stated defaults", metavar="RUN|FILE")
     arch: str | None = option(None, help="encoder architecture",
-                              default_text="the encoder's; resnet18 for none")
+                              default_text="the encoder's, else --like's, else resnet18")
     val_data: str | None = option(None, help="labelled validation folder",
                                   default_text="--val-fraction of --data", metavar="DIR")
     val_fraction: float = option(0.2, help="share of --data held out when there is no --val-data",
                                  check=within(0.0, 0.9))
-    label_fraction: float = option(1.0, help="seeded, class-balanced share of the labels to train on",
-                                   check=within(1e-9, 1.0))
+    label_fraction: float | None = option(None, help="seeded, class-balanced share of the labels to train on",
+                                          check=within(1e-9, 1.0), default_text="--like's, else 1.0")
+    lr: float | None = option(None, help="peak learning rate (AdamW, warm-up then cosine)", check=positive,
+                              default_text="--like's, else 0.001")
+    weight_decay: float | None = option(None, help="AdamW weight decay", check=_ZERO,
+                                        default_text="--like's, else 0.05")
+    augment: list[str] = option(
+        default_factory=lambda: ["crop_flip"], convert=_name_list, metavar="NAMES",
+        help="augmentations of each training batch, in order, written [crop_flip, color_jitter] or "
+             "crop_flip,color_jitter ([] for none); selfsup augmentations lists them; each takes its "
+             "defaults, but crop_flip its fine-tuning scale [0.35, 1.0]")
 
 
 @dataclass(frozen=True)
@@ -104,31 +165,60 @@ class EvaluateConfig(Options):
                                  default_text="required", metavar="FILE|none")
     protocol: Literal["knn", "linear", "finetune"] | None = option(
         None, help="knn, linear (probe on frozen features) or finetune", default_text="required")
-    arch: str | None = option(None, help="encoder architecture", default_text="the encoder's; resnet18 for none")
+    like: str | None = option(
+        None, help="mirror a run (with --encoder none): architecture and image size from its encoder.json; "
+                   "from a finetune run folder also epochs, batch size and label fraction (settings given here win)",
+        default_text="none: the stated defaults", metavar="RUN|FILE")
+    arch: str | None = option(None, help="encoder architecture",
+                              default_text="the encoder's, else --like's, else resnet18")
     data: str | None = option(None, help="labelled train folder", default_text="the built-in glyphs",
                               metavar="DIR")
     val_data: str | None = option(None, help="labelled validation folder", default_text="20% of --data",
                                   metavar="DIR")
-    label_fraction: float = option(1.0, help="seeded, class-balanced share of the train labels",
-                                   check=within(1e-9, 1.0))
+    label_fraction: float | None = option(None, help="seeded, class-balanced share of the train labels",
+                                          check=within(1e-9, 1.0), default_text="--like's, else 1.0")
     max_epochs: int | None = option(None, help="fine-tune epochs", check=_ONE,
-                                    default_text="as selfsup finetune chooses")
+                                    default_text="--like's, else as selfsup finetune chooses")
     seed: int = option(0, help="seed of the label subset, the random encoder and the training")
     image_size: int | None = option(None, help="square image size", check=_ONE,
-                                    default_text="the encoder's; as selfsup finetune for none")
+                                    default_text="the encoder's, else --like's, else as selfsup finetune")
     batch_size: int | None = option(None, help="images per batch", check=_ONE,
-                                    default_text="as selfsup finetune chooses")
+                                    default_text="--like's, else as selfsup finetune chooses")
     limit: int | None = option(None, help="use a seeded subset of N train images", check=_ONE,
                                default_text="all images")
     out: str | None = option(None, help="folder for results.jsonl", default_text="a new folder in runs/",
                              metavar="DIR")
     progress: bool = option(False, help="show fine-tuning progress bars")
+    strict: bool = option(False, help="fail on the first file or class folder that cannot be used "
+                                      "instead of skipping it and listing it")
+    verbose: bool = option(False, help="show PyTorch Lightning's banners, tips and known warnings "
+                                       "(selfsup -v on the command line)")
 
     def validate(self) -> None:
         if self.encoder is None:
             raise ValueError("encoder is required: an encoder.safetensors written by pretrain, or none")
         if self.protocol is None:
             raise ValueError("protocol is required: knn, linear or finetune")
+
+
+@dataclass(frozen=True)
+class CacheConfig(Options):
+    """``selfsup cache`` settings."""
+
+    action: Literal["list", "verify", "clear"] | None = option(
+        None, help="list the entries, verify their checksums, or clear them", default_text="required")
+    cache_dir: str | None = option(None, help="decode cache folder",
+                                   default_text="$SELFSUP_CACHE_DIR, else $XDG_CACHE_HOME/selfsup or ~/.cache/selfsup",
+                                   metavar="DIR")
+    older_than: float | None = option(None, help="clear: only entries not used for this many days", check=_ZERO,
+                                      default_text="every entry", metavar="DAYS")
+    max_gb: float | None = option(None, help="clear: the least recently used entries until the rest fit in "
+                                             "this many GB", check=_ZERO, default_text="no size limit",
+                                  metavar="GB")
+
+    def validate(self) -> None:
+        if self.action is None:
+            raise ValueError("action is required: list, verify or clear")
 
 
 @dataclass(frozen=True)
@@ -225,6 +315,8 @@ _BUILTIN = {"image_size": 32, "batch_size": 128}
 _FOLDER_CPU = {"image_size": 64, "batch_size": 128}
 _FOLDER_GPU = {"image_size": 128, "batch_size": 256}
 _EPOCHS = {("pretrain", True): 12, ("pretrain", False): 30, ("finetune", True): 15, ("finetune", False): 30}
+# Fine-tune settings that are None until --like or these defaults fill them.
+_RECIPE = {"lr": RunConfig.lr, "weight_decay": RunConfig.weight_decay, "label_fraction": 1.0}
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -245,7 +337,7 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def resolve_defaults(config: ConfigT, job: Literal["pretrain", "finetune"]) -> ConfigT:
-    """Fill every ``None`` size/epoch/worker setting from the data source and the device."""
+    """Fill every ``None`` size/epoch/worker/precision/recipe setting from the data source and the device."""
     import torch  # only here: the rest of this module stays light
 
     builtin = config.data is None
@@ -255,4 +347,16 @@ def resolve_defaults(config: ConfigT, job: Literal["pretrain", "finetune"]) -> C
         updates["max_epochs"] = _EPOCHS[(job, builtin)]
     if config.num_workers is None:
         updates["num_workers"] = 0 if builtin else min(4, os.cpu_count() or 1)
+    if config.precision is None:
+        updates["precision"] = default_precision()
+    updates.update({k: v for k, v in _RECIPE.items() if getattr(config, k, 0) is None})
     return config.replace(**updates)
+
+
+def default_precision() -> str:
+    """bf16 autocast where the GPU supports it, fp32 elsewhere."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"

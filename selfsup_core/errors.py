@@ -42,3 +42,27 @@ class TaskOptionError(ConfigError, ValueError):
 
 class PluginError(SelfsupError):
     """A plugin that broke while loading or registering (reported, never fatal to others)."""
+
+
+class OutputError(SelfsupError):
+    """A run folder or file that cannot be written: read-only, or no space left on the device."""
+
+
+class CheckpointError(SelfsupError):
+    """A checkpoint that is unreadable or was not written by selfsup (nothing in it is run)."""
+
+
+class DivergenceError(SelfsupError):
+    """Training met a non-finite loss or weights: it stopped, kept the last good checkpoint, exported nothing."""
+
+
+class RunInterrupted(SelfsupError):
+    """SIGINT or SIGTERM stopped a run, after saving a checkpoint where one could be saved.
+
+    Attributes:
+        exit_code: What the command line exits with: 128 + the signal (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,28 +1,147 @@
-"""Small file helpers: atomic writes, so an interrupted run never leaves half a file."""
+"""Small file helpers: atomic writes, so an interrupted run never leaves half a file,
+and one-line errors for a full or read-only disk."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
+
+from selfsup_core.errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
+_UNWRITABLE = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+
+
+def disk_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> OutputError | None:
+    """The one-line error for a full or unwritable disk, or ``None`` for any other ``OSError``.
+
+    Args:
+        exc: The error raised while writing.
+        path: The file or folder being written (default: the one ``exc`` names).
+    """
+    where = path if path is not None else exc.filename
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return OutputError(f"no space left on device while writing {where}: free some space or choose "
+                           f"another --out.")
+    if exc.errno in _UNWRITABLE:
+        return OutputError(f"cannot write {where}: {_UNWRITABLE[exc.errno]}; choose another --out.")
+    return None
+
+
+@contextmanager
+def reporting_disk_errors(path: str | os.PathLike[str] | None = None) -> Iterator[None]:
+    """Turn a full or unwritable disk met inside the block into one :class:`OutputError` naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        error = disk_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process's umask (usually ``0o644``).
+
+    ``tempfile.mkstemp`` creates ``0o600`` files; atomic writes set this mode
+    instead, so run folders can be shared as any other file the user writes.
+    """
+    try:  # Linux: read it without changing it (os.umask can only be read by setting it)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through a temporary file and an atomic rename: readers see the old
+    file or the whole new one, never half of it.
+
+    Args:
+        path: The file to (re)place.
+        write: Writes the content to the binary file handle it is given.
+
+    Raises:
+        OutputError: No space left on the device, or a read-only folder (the
+            temporary file is removed; an earlier ``path`` is left intact).
+    """
+    path = Path(path)
+    with reporting_disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        try:
+            os.fchmod(fd, default_file_mode())  # mkstemp's 0o600 would keep the file from the team
+            # Through a Python file, so a full disk is an OSError (ENOSPC), not a C++ stream error.
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """:func:`atomic_write` of ``data``."""
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Create ``folder`` and prove it writable with a probe file, before any long work.
+
+    Raises:
+        OutputError: It cannot be created or written (read-only, no permission, full).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".selfsup-probe.", suffix=TEMP_SUFFIX)
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            Path(probe).unlink(missing_ok=True)
+    except OSError as exc:
+        error = disk_error(exc, folder)
+        raise (error or OutputError(f"cannot write to {folder}: {exc.strerror or exc}; "
+                                    f"choose another --out.")) from exc
+
+
+def remove_stale_temporaries(*folders: str | os.PathLike[str]) -> int:
+    """Delete the ``.NAME.XXXX.tmp`` files that killed atomic writes left in ``folders``.
+
+    Returns:
+        How many were removed.
+    """
+    removed = 0
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for leftover in folder.glob(f".*{TEMP_SUFFIX}"):
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted write in %s", removed,
+                    ", ".join(map(str, folders)))
+    return removed

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -124,8 +126,10 @@ class Options:
         cleaned = {str(k).replace("-", "_"): v for k, v in values.items()}
         unknown = [name for name in cleaned if name not in known]
         if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise error(f"{source} has no option {', '.join(map(repr, unknown))}; "
-                        f"it accepts: {', '.join(known) or 'no options'}.")
+                        f"it accepts: {', '.join(known) or 'no options'}.{hint}")
         try:
             return cls(**cleaned)
         except ValueError as exc:
@@ -220,11 +224,11 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{name} must be {type_text(annotation)}, written like "
-                             f"{_example(annotation)}; got {value!r}")
+                             f"{_example(annotation, value)}; got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ValueError(f"{name} must be {type_text(annotation)}, written like "
-                                 f"{_example(annotation)}; got {value!r}")
+                                 f"{_example(annotation)}; got {_plain(value)!r}")
             items = [coerce(f"{name}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args))]
         else:
             item = args[0] if args else Any
@@ -260,8 +264,15 @@ def type_text(annotation: Any) -> str:
     return str(annotation)
 
 
-def _example(annotation: Any) -> str:
+def _example(annotation: Any, value: Any = None) -> str:
+    """How a list of ``annotation`` is written: ``value`` itself when it is the
+    right items without brackets (``0.7,1.0`` -> ``[0.7, 1.0]``), else a sample."""
     args = get_args(annotation)
+    if isinstance(value, str) and "," in value:
+        parts = [part.strip() for part in value.strip("()").split(",")]
+        fixed = get_origin(annotation) is tuple and args and args[-1] is not Ellipsis
+        if all(parts) and (not fixed or len(parts) == len(args)):
+            return "[" + ", ".join(parts) + "]"
     samples = {int: "1", float: "0.5", str: "a"}
     if args and args[-1] is not Ellipsis:
         return "[" + ", ".join(samples.get(a, "...") for a in args) + "]"
@@ -367,12 +378,18 @@ def one_of(*choices: Any) -> Check:
 # -- command line -------------------------------------------------------------------------
 
 
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def parse_value(text: str) -> Any:
     """A command-line value, typed the YAML way: ``6`` -> 6, ``0.5`` -> 0.5, ``[0.7, 1.0]`` -> list."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; users mean a number
+    return value
 
 
 def add_option_arguments(

@@ -11,6 +11,9 @@ Use it from pytest by subclassing :class:`TaskContract`::
 or call :func:`check_task` directly, which raises ``AssertionError`` naming
 the broken rule. Everything runs on tiny 32 x 32 images with the tiny encoder
 on the CPU (and on CUDA too when present, see ``devices``).
+
+Augmentations have their own suite, :class:`AugmentationContract` (set
+``augmentation_name``) or :func:`check_augmentation`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import torch
 import yaml
 from torch import Tensor
 
+from selfsup_core.augment.base import Augmentation, AugmentationOptions
 from selfsup_core.models.encoders import TinyEncoder
 from selfsup_core.models.normalization import Normalizer
-from selfsup_core.plugin.registry import create_task
-from selfsup_core.tasks.base import PretextBatch, PretextTask
+from selfsup_core.plugin.registry import create_augmentation, create_task
+from selfsup_core.tasks.base import PretextBatch, PretextTask, flat_inputs
 from selfsup_core.training.step import optimiser_step, pretext_step
 
 IMAGE_SIZE = 32
@@ -32,7 +36,7 @@ BATCH = 8
 
 
 def _views(inputs: Any) -> tuple[Tensor, ...]:
-    return inputs if isinstance(inputs, tuple) else (inputs,)
+    return tuple(flat_inputs(inputs))
 
 
 def check_batch(task: PretextTask, images: Tensor) -> PretextBatch:
@@ -222,3 +226,153 @@ class TaskContract:
 
     def test_options_plain(self) -> None:
         check_options_plain(self.make_task())
+
+
+# -- augmentations -------------------------------------------------------------------------
+
+
+def _augment(augmentation: Augmentation, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    result = augmentation(images)
+    assert isinstance(result, tuple) and len(result) == 2, (
+        f"calling an augmentation must return (images, params), got {type(result).__name__}"
+    )
+    return result
+
+
+def check_augmentation_output(augmentation: Augmentation, images: Tensor) -> None:
+    """Images out on the images' device, the same shape and float dtype, finite; the input left alone."""
+    original = images.clone()
+    out, _ = _augment(augmentation, images)
+    assert torch.equal(images, original), "the augmentation must not modify the images in place"
+    assert isinstance(out, Tensor), f"the augmented images must be a tensor, got {type(out).__name__}"
+    assert out.device == images.device, f"images out on {out.device}, images in on {images.device}"
+    assert out.shape == images.shape, f"images out {tuple(out.shape)}, images in {tuple(images.shape)}"
+    assert out.dtype == images.dtype, f"images out are {out.dtype} for {images.dtype} images: keep the dtype"
+    assert torch.isfinite(out).all(), "the augmented images hold NaN or inf"
+
+
+def check_augmentation_params(augmentation: Augmentation, images: Tensor) -> None:
+    """Params: a dict of tensors on the images' device, each with one row per image (drawn batch-wise)."""
+    _, params = _augment(augmentation, images)
+    assert isinstance(params, dict), f"params must be a dict of tensors, got {type(params).__name__}"
+    for name, value in params.items():
+        assert isinstance(name, str), f"param names must be strings, got {name!r}"
+        assert isinstance(value, Tensor), f"params[{name!r}] must be a tensor, got {type(value).__name__}"
+        assert value.device == images.device, f"params[{name!r}] is on {value.device}, images on {images.device}"
+        assert value.dim() >= 1 and len(value) == len(images), (
+            f"params[{name!r}] has shape {tuple(value.shape)}: its first dimension must be the batch "
+            f"({len(images)}), one draw per image"
+        )
+
+
+def check_augmentation_reproducible(augmentation: Augmentation, images: Tensor) -> None:
+    """The same seed gives the same images and the same params: every draw uses torch's seeded generators."""
+    def draw() -> tuple[Tensor, dict[str, Tensor]]:
+        torch.manual_seed(0)
+        return _augment(augmentation, images)
+
+    (first, first_params), (second, second_params) = draw(), draw()
+    message = "the augmentation is not reproducible under torch.manual_seed"
+    assert torch.equal(first, second), f"{message}: images differ"
+    assert first_params.keys() == second_params.keys(), f"{message}: params have different keys"
+    for name, value in first_params.items():
+        assert torch.equal(value, second_params[name]), f"{message}: params[{name!r}] differ"
+
+
+def check_augmentation_replay(augmentation: Augmentation, images: Tensor) -> None:
+    """``apply(images, params)`` with the returned params gives exactly the returned images.
+
+    Everything random belongs in ``sample``: a view pipeline, a task or a test
+    replays an augmentation from its params.
+    """
+    torch.manual_seed(1)
+    out, params = _augment(augmentation, images)
+    replayed = augmentation.apply(images, params)
+    assert torch.equal(replayed, out), "apply(images, params) does not replay the augmentation: draw in sample()"
+
+
+def check_augmentation_dtype(augmentation: Augmentation, images: Tensor) -> None:
+    """float64 images stay float64 (float32 is checked with the output)."""
+    check_augmentation_output(augmentation, images.double())
+
+
+def check_augmentation_autocast(augmentation: Augmentation, images: Tensor) -> None:
+    """Inside a bfloat16 autocast region (the trainer's on GPUs) it still works and keeps the images' dtype."""
+    try:
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            out, _ = _augment(augmentation, images)
+    except RuntimeError as exc:  # a dtype clash: name the rule it breaks
+        raise AssertionError(f"the augmentation fails under bfloat16 autocast: {exc}") from exc
+    assert out.dtype == images.dtype, f"under bfloat16 autocast, images out are {out.dtype} for {images.dtype}"
+
+
+def check_augmentation_options_plain(augmentation: Augmentation) -> None:
+    """Options are an ``AugmentationOptions`` dataclass that survives a YAML round trip."""
+    from dataclasses import is_dataclass
+
+    declared = getattr(type(augmentation), "Options", None)
+    assert isinstance(declared, type) and issubclass(declared, AugmentationOptions) and is_dataclass(declared), (
+        f"{type(augmentation).__name__}.Options must be an AugmentationOptions dataclass, got {declared!r}"
+    )
+    assert isinstance(augmentation.options, declared), (
+        f"augmentation.options must be a {declared.__name__}, got {type(augmentation.options).__name__}: "
+        "pass options on to super().__init__(options, **kwargs)"
+    )
+    try:
+        text = yaml.safe_dump(augmentation.options.to_dict())
+    except yaml.YAMLError as exc:
+        raise AssertionError(f"augmentation options must be plain values: {exc}") from exc
+    assert declared(**yaml.safe_load(text)) == augmentation.options, "augmentation options do not survive YAML"
+
+
+AUGMENTATION_CHECKS = (check_augmentation_output, check_augmentation_params, check_augmentation_reproducible,
+                       check_augmentation_replay, check_augmentation_dtype, check_augmentation_autocast)
+
+
+def check_augmentation(augmentation: Augmentation, device: str | torch.device = "cpu") -> None:
+    """Run every augmentation contract check; raises ``AssertionError`` on the first failure.
+
+    Example:
+        >>> check_augmentation(create_augmentation("crop_flip"))  # doctest: +SKIP
+    """
+    augmentation = augmentation.to(device)
+    images = torch.rand(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    for check in AUGMENTATION_CHECKS:
+        check(augmentation, images)
+    check_augmentation_options_plain(augmentation)
+
+
+class AugmentationContract:
+    """Subclass in a pytest module and set :attr:`augmentation_name` to test an augmentation."""
+
+    augmentation_name: ClassVar[str]
+    augmentation_options: ClassVar[dict[str, Any]] = {}
+    devices: ClassVar[list[str]] = available_devices()
+
+    def make_augmentation(self) -> Augmentation:
+        return create_augmentation(self.augmentation_name, **self.augmentation_options)
+
+    def _each_device(self, check: Any) -> None:
+        for device in self.devices:
+            check(self.make_augmentation().to(device), torch.rand(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))
+
+    def test_output(self) -> None:
+        self._each_device(check_augmentation_output)
+
+    def test_params(self) -> None:
+        self._each_device(check_augmentation_params)
+
+    def test_reproducible(self) -> None:
+        self._each_device(check_augmentation_reproducible)
+
+    def test_replay(self) -> None:
+        self._each_device(check_augmentation_replay)
+
+    def test_dtype(self) -> None:
+        self._each_device(check_augmentation_dtype)
+
+    def test_autocast(self) -> None:
+        self._each_device(check_augmentation_autocast)
+
+    def test_options_plain(self) -> None:
+        check_augmentation_options_plain(self.make_augmentation())

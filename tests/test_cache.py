@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import subprocess
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -186,7 +191,7 @@ def test_a_corrupt_image_is_skipped_and_reported_on_every_run(
     with caplog.at_level("WARNING"):
         hit = load_decoded(images, SIZE)
     assert hit.skipped == (bad,)
-    assert "1 of 7 images did not decode" in caplog.text
+    assert "1 of 7 files under" in caplog.text and "dog/broken.jpg (does not decode" in caplog.text
     assert_same(hit, decode_images(images, SIZE))
     meta = json.loads((entries(cache_dir)[0] / "meta.json").read_text())
     assert meta["skipped_files"] == ["dog/broken.jpg"]
@@ -208,8 +213,9 @@ def test_cache_is_never_inside_the_data_folder(folder: Path, cache_dir: Path) ->
     assert cache_dir.exists()
     with pytest.raises(ConfigError, match="inside the data folder"):
         load_decoded(images, SIZE, cache_dir=folder / ".cache")
-    with pytest.raises(ConfigError, match="inside the data folder"):
+    with pytest.raises(ConfigError, match="inside the data folder") as error:
         load_decoded(images, SIZE, cache_dir=folder)
+    assert "--cache-dir" not in str(error.value)  # pretrain, finetune and evaluate have no such flag
 
 
 def test_cache_dir_argument_and_defaults(
@@ -240,16 +246,16 @@ def test_a_run_that_loses_the_race_uses_the_winners_entry(
 ) -> None:
     """Another run publishes the same key while this one decodes: no error, one entry."""
     images = scan_folder(folder)
-    original = cache_module._decode_into
+    original = cache_module._write_array
     raced = []
 
-    def decode_while_another_run_finishes(out, *args, **kwargs):
+    def decode_while_another_run_finishes(*args, **kwargs):
         if not raced:
             raced.append(True)
             load_decoded(images, SIZE)  # the "other run" builds and publishes first
-        return original(out, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(cache_module, "_decode_into", decode_while_another_run_finishes)
+    monkeypatch.setattr(cache_module, "_write_array", decode_while_another_run_finishes)
     result = load_decoded(images, SIZE)
     assert raced
     assert_same(result, decode_images(images, SIZE))
@@ -310,14 +316,19 @@ def test_nvjpeg_cache(folder: Path, cache_dir: Path) -> None:
 
 def test_leftovers_of_killed_runs_are_removed(folder: Path, cache_dir: Path) -> None:
     decoded = cache_dir / "decoded"
-    old, recent = decoded / ".tmp-x-old", decoded / ".tmp-x-recent"
-    for path in (old, recent):
+    dead, alive = decoded / ".tmp-x-dead", decoded / ".tmp-x-alive"
+    old, recent = decoded / ".tmp-x-old", decoded / ".tmp-x-recent"  # without a lock: an older version's
+    trash = decoded / ".trash-x-1-2"
+    for path in (dead, alive, old, recent, trash):
         path.mkdir(parents=True)
         (path / "images.u8").write_bytes(b"half")
-    os.utime(old, (0, 0))  # long ago
-    load_decoded(scan_folder(folder), SIZE)
-    assert not old.exists()
-    assert recent.exists()  # may belong to a run still building
+    (dead / ".lock").write_bytes(b"")  # its run died: nobody holds the lock
+    with open(alive / ".lock", "wb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a run still building (another open file: a conflicting lock)
+        os.utime(old, (0, 0))  # long ago
+        load_decoded(scan_folder(folder), SIZE)
+        assert not dead.exists() and not old.exists() and not trash.exists()
+        assert alive.exists() and recent.exists()
 
 
 def test_runs_see_the_same_data_with_and_without_the_cache(folder: Path, cache_dir: Path) -> None:
@@ -343,3 +354,170 @@ def test_an_unwritable_cache_folder_falls_back_to_memory(
         result = load_decoded(images, SIZE, cache_dir=blocker)
     assert "cannot write the decode cache" in caplog.text
     assert_same(result, decode_images(images, SIZE))
+
+
+# -- faults: a full disk, corruption anywhere, a read-only folder; eviction; selfsup cache ---------------
+
+
+@contextmanager
+def mounted(path: Path, *options: str):
+    """Mount a tmpfs (or remount a bind mount read-only) at ``path`` when this process may; yields whether it did."""
+    path.mkdir(parents=True, exist_ok=True)
+    if "ro" in options:
+        command = [["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,ro,bind", str(path)]]
+    else:
+        command = [["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)]]
+    done = 0
+    try:
+        for step in command:
+            if subprocess.run(step, capture_output=True).returncode != 0:
+                break
+            done += 1
+        yield done == len(command)
+    finally:
+        if done:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["reserve", "write"])
+def test_a_full_disk_decodes_into_memory_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """The run goes on (no SIGBUS), in memory, and the half-written entry is gone at once."""
+    folder = write_images(tmp_path / "data", per_class=10)  # 20 x 3 x 64 x 64 = 240 kB to cache
+    images = scan_folder(folder)
+    small = tmp_path / "small"
+    with mounted(small, "size=128k") as real_disk:
+        if where == "write":  # a file system without fallocate: the writes themselves fail
+            monkeypatch.setattr(cache_module, "_reserve", lambda fd, n: None)
+        if not real_disk:  # no mount here: the same errors, simulated
+            monkeypatch.setattr(cache_module, "_reserve" if where == "reserve" else "_write_chunk", _no_space)
+        with caplog.at_level("WARNING"):
+            result = load_decoded(images, 64, cache_dir=small)
+        assert "No space left on device" in caplog.text and "decoding into memory instead" in caplog.text
+        assert_same(result, decode_images(images, 64))
+        assert not list((small / "decoded").iterdir())  # nothing left behind
+        if real_disk:
+            usage = os.statvfs(small)
+            assert usage.f_bfree == usage.f_blocks
+
+
+@pytest.mark.parametrize("chunk_images", [None, 3])
+def test_corruption_of_any_cached_image_is_detected_and_rebuilt(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    chunk_images: int | None,
+) -> None:
+    if chunk_images:
+        monkeypatch.setattr(cache_module, "_CHUNK_BYTES", chunk_images * 3 * SIZE * SIZE)
+    folder = write_images(tmp_path / "data", per_class=20)
+    images = scan_folder(folder)
+    reference = decode_images(images, SIZE)
+    load_decoded(images, SIZE)
+    entry = entries(cache_dir)[0]
+    # Image 1 is none of the 16 the marker of format 1 sampled; 38 lies in the last, partial chunk.
+    for index in (1, 20, 38):
+        with open(entry / "images.u8", "r+b") as handle:
+            handle.seek(index * 3 * SIZE * SIZE + 100)
+            byte = handle.read(1)
+            handle.seek(-1, os.SEEK_CUR)
+            handle.write(bytes([byte[0] ^ 0x01]))  # one bit
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            rebuilt = load_decoded(images, SIZE)
+        assert "corrupt" in caplog.text and "do not match their checksum" in caplog.text
+        if chunk_images:
+            first = index // chunk_images * chunk_images
+            assert f"images {first}-{min(first + chunk_images, len(images)) - 1}" in caplog.text
+        assert_same(rebuilt, reference)
+        entry = entries(cache_dir)[0]
+
+
+def test_a_corrupt_entry_in_a_read_only_cache_folder_is_not_used(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = scan_folder(folder)
+    shared = tmp_path / "shared"
+    load_decoded(images, SIZE, cache_dir=shared)
+    (entries(shared)[0] / "COMPLETE").unlink()
+    with mounted(shared, "ro") as read_only:
+        if not read_only:
+            def refuse(*args, **kwargs):
+                raise OSError(errno.EROFS, "Read-only file system")
+
+            monkeypatch.setattr(cache_module.os, "rename", refuse)
+            monkeypatch.setattr(cache_module.tempfile, "mkdtemp", refuse)
+        with caplog.at_level("WARNING"):
+            result = load_decoded(images, SIZE, cache_dir=shared)
+    assert "Read-only file system" in caplog.text and "decoding into memory instead" in caplog.text
+    assert_same(result, decode_images(images, SIZE))
+
+
+def _age(entry: Path, seconds_ago: float) -> None:
+    moment = time.time() - seconds_ago
+    os.utime(entry / "COMPLETE", (moment, moment))
+
+
+def test_the_least_recently_used_entries_are_evicted_over_the_cap(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lists = {name: scan_folder(write_images(tmp_path / name)) for name in ("a", "b", "c")}
+    load_decoded(lists["a"], SIZE)
+    one_entry = cache_module.list_entries(cache_dir)[0].bytes
+    monkeypatch.setenv("SELFSUP_CACHE_MAX_GB", str(2.5 * one_entry / 1e9))  # room for two
+    load_decoded(lists["b"], SIZE)
+    by_folder = {Path(e.folder).name: e.path for e in cache_module.list_entries(cache_dir)}
+    _age(by_folder["a"], 200)
+    _age(by_folder["b"], 100)
+    load_decoded(lists["a"], SIZE)  # a hit: "a" is now the most recently used
+    load_decoded(lists["c"], SIZE)  # needs room: "b", least recently used, goes
+    assert sorted(Path(e.folder).name for e in cache_module.list_entries(cache_dir)) == ["a", "c"]
+    # A single entry larger than the cap is still built and kept (it is the one in use).
+    monkeypatch.setenv("SELFSUP_CACHE_MAX_GB", "0")
+    load_decoded(lists["b"], SIZE)
+    assert [Path(e.folder).name for e in cache_module.list_entries(cache_dir)] == ["b"]
+    monkeypatch.setenv("SELFSUP_CACHE_MAX_GB", "lots")
+    with pytest.raises(ConfigError, match="SELFSUP_CACHE_MAX_GB"):
+        load_decoded(lists["c"], SIZE)
+
+
+def test_selfsup_cache_list_verify_clear(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from selfsup_core.cli import main
+
+    first, second = (scan_folder(write_images(tmp_path / name)) for name in ("first", "second"))
+    load_decoded(first, SIZE)
+    load_decoded(second, SIZE)
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "2 entries" in out and str(first.root.resolve()) in out and str(second.root.resolve()) in out
+    assert "images" in out and "last used" in out and " 6 " in out
+
+    assert main(["cache", "verify"]) == 0
+    assert "all whole" in capsys.readouterr().out
+    victim = next(e for e in cache_module.list_entries(cache_dir) if e.folder.endswith("second"))
+    with open(victim.path / "images.u8", "r+b") as handle:
+        handle.seek(5000)
+        handle.write(b"\x00\xff")
+    assert main(["cache", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert "CORRUPT" in out and victim.path.name in out and "1 corrupt, removed" in out
+    assert len(cache_module.list_entries(cache_dir)) == 1
+
+    load_decoded(second, SIZE)
+    (old,) = [e for e in cache_module.list_entries(cache_dir) if e.folder.endswith("first")]
+    _age(old.path, 40 * 86400)
+    assert main(["cache", "clear", "--older-than", "30"]) == 0
+    assert "1 entries removed" in capsys.readouterr().out
+    assert [e.folder for e in cache_module.list_entries(cache_dir)] == [str(second.root.resolve())]
+
+    load_decoded(first, SIZE)
+    assert main(["cache", "clear", "--max-gb", "0.00002"]) == 0  # 20 kB: room for one entry
+    assert len(cache_module.list_entries(cache_dir)) == 1
+    assert main(["cache", "clear", "--cache-dir", str(cache_dir)]) == 0
+    assert cache_module.list_entries(cache_dir) == []
+    assert main(["cache", "list"]) == 0 and "0 entries" in capsys.readouterr().out

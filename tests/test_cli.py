@@ -106,6 +106,10 @@ def test_config_file_precedence(tmp_path: Path) -> None:
         (["finetune", "--encoder", "nowhere/encoder.safetensors"], "not found"),
         (["pretrain", "--image-size", "0"], "image_size must be at least 1"),
         (["pretrain", "--arch", "resnet9"], "unknown encoder 'resnet9'"),
+        (["pretrain", "--image-size", "16"], "too small for resnet18, which down-samples 32x: use at least 32 px"),
+        (["finetune", "--arch", "tiny", "--image-size", "7"], "use at least 8 px"),
+        (["pretrain", "--task-option", "crop_scale=0.7,1.0"], "written like [0.7, 1.0]; got '0.7,1.0'"),
+        (["evaluate", "--encoder", "none", "--protocol", "knn", "--like", "nowhere"], "--like nowhere does not exist"),
     ],
 )
 def test_user_errors_are_one_clear_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,8 +165,12 @@ def test_reconstruction_writes_preview_grids(tmp_path: Path) -> None:
     grids = sorted((out / "previews").glob("epoch_*.png"))
     assert [g.name for g in grids] == ["epoch_000.png", "epoch_001.png"]
     with Image.open(grids[0]) as grid:
-        # 8 rows of input | restored | original, 32 px tiles enlarged 3x, 2 px padding.
-        assert grid.size == (3 * (96 + 2) + 2, 8 * (96 + 2) + 2)
+        # 8 rows of input | restored | original, 32 px tiles enlarged 3x, 2 px padding,
+        # under a white band with the task, epoch, metrics and column titles drawn in black.
+        body = (3 * (96 + 2) + 2, 8 * (96 + 2) + 2)
+        assert grid.width == body[0] and grid.height > body[1] + 3 * 16
+        band = grid.convert("L").crop((0, 0, grid.width, grid.height - body[1]))
+        assert band.getextrema() == (0, 255)  # text on white
     # A classification task writes none.
     assert pretrain_tiny(tmp_path / "rot") == 0
     assert not (tmp_path / "rot" / "previews").exists()

@@ -38,7 +38,8 @@ def test_every_option_in_help_states_its_default(path: list[str]) -> None:
 def test_every_command_takes_a_config_file(path: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("no_such_key: 1\n")
-    assert main([*path, "--config", str(config)]) == 1
+    positional = ["list"] if path == ["cache"] else []  # selfsup cache ACTION
+    assert main([*path, *positional, "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert f"config file {config}: unknown key(s) no_such_key" in err and "\n" == err[-1] and err.count("\n") == 1
 
@@ -109,3 +110,29 @@ def test_selfsup_help_does_not_import_torch() -> None:
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'selfsup --help imported torch'\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e-3", 0.001), ("1e6", 1e6), ("-2.5E2", -250.0), ("6", 6),
+                                             ("[0.7, 1.0]", [0.7, 1.0]), ("true", True), ("abc", "abc")])
+def test_command_line_values_are_typed_as_users_mean_them(text: str, value: object) -> None:
+    from selfsup_core.options import parse_value
+
+    assert parse_value(text) == value and type(parse_value(text)) is type(value)
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--devices", "0", "devices must be a count of at least 1"),
+    ("--devices", "abc", "devices must be a count"),
+    ("--precision", "17-bad", "precision must be one of"),
+])
+def test_lightning_settings_are_checked_before_any_work(flag: str, value: str, message: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pretrain", flag, value]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_precision_as_lightning_writes_it() -> None:
+    assert settings.PretrainConfig(precision=32).precision == "32"
+    assert settings.PretrainConfig(precision="bf16-mixed").precision == "bf16-mixed"
+    assert settings.PretrainConfig(devices="2").devices == 2

@@ -68,3 +68,129 @@ def test_weights_file_is_not_a_pickle(tmp_path: Path) -> None:
 
 def test_builtin_encoders_listed() -> None:
     assert {"resnet18", "resnet34", "tiny"} <= set(list_encoders())
+
+
+# -- every encoder file is checked when written and read ----------------------------------------
+
+
+def _saved(tmp_path: Path) -> Path:
+    save_encoder(build_encoder("tiny"), tmp_path, EncoderInfo(arch="tiny", task="t", image_size=32))
+    return tmp_path / "encoder.safetensors"
+
+
+def _rewrite_json(folder: Path, **changes: object) -> None:
+    meta = json.loads((folder / "encoder.json").read_text())
+    (folder / "encoder.json").write_text(json.dumps({**meta, **changes}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format_version": "1"}, "format_version must be a whole number, got '1'"),
+        ({"image_size": "32"}, "image_size must be a whole number, got '32'"),
+        ({"image_size": 32.5}, "image_size must be a whole number, got 32.5"),
+        ({"image_size": 20000}, "image_size must lie in [8, 4096], got 20000"),
+        ({"image_size": 4}, "image_size must lie in [8, 4096], got 4"),
+        ({"mean": [0.5, 0.5, 0.5, 0.5, 0.5]}, "mean must be [number, number, number]"),
+        ({"mean": [0.5, "x", 0.5]}, "mean[1] must be a number"),
+        ({"std": [0.2, 0.0, 0.2]}, "std must be above 0"),
+        ({"std": [0.2, -1.0, 0.2]}, "std must be above 0"),
+        ({"arch": 18}, "arch must be a string, got 18"),
+        ({"task": None}, "task must be a string, got None"),
+        ({"colour": "red"}, "has no option 'colour'"),
+    ],
+)
+def test_each_bad_encoder_json_field_is_one_line(tmp_path: Path, changes: dict[str, object], message: str) -> None:
+    weights = _saved(tmp_path)
+    _rewrite_json(tmp_path, **changes)
+    with pytest.raises(EncoderFileError) as error:
+        load_encoder(weights)
+    text = str(error.value)
+    assert message in text and "encoder.json" in text and "\n" not in text
+
+
+def test_encoder_json_missing_fields_nesting_and_shape(tmp_path: Path) -> None:
+    weights = _saved(tmp_path)
+    meta = tmp_path / "encoder.json"
+    meta.write_text(json.dumps({"format_version": 1, "arch": "tiny"}))
+    with pytest.raises(EncoderFileError, match="no task, image_size"):
+        read_encoder_info(weights)
+    meta.write_text("[" * 200_000 + "]" * 200_000)  # would blow the parser's stack
+    with pytest.raises(EncoderFileError, match="nested too deeply"):
+        read_encoder_info(weights)
+    meta.write_text("[1, 2, 3]")
+    with pytest.raises(EncoderFileError, match="a JSON object is expected"):
+        read_encoder_info(weights)
+    meta.write_text(json.dumps({"format_version": 99, "arch": "tiny", "task": "t", "image_size": 32}))
+    with pytest.raises(EncoderFileError, match="newer than this selfsup"):
+        read_encoder_info(weights)
+
+
+def test_bad_info_cannot_be_written(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="image_size must lie in"):
+        EncoderInfo(arch="tiny", task="t", image_size=20000)
+    with pytest.raises(ValueError, match="std must be above 0"):
+        EncoderInfo(arch="tiny", task="t", image_size=32, std=(0.2, 0.0, 0.2))
+
+
+def test_non_finite_weights_are_refused_when_written_and_read(tmp_path: Path) -> None:
+    encoder = build_encoder("tiny")
+    with torch.no_grad():
+        next(encoder.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(EncoderFileError, match="NaN or infinite.*refusing to write"):
+        save_encoder(encoder, tmp_path / "out", EncoderInfo(arch="tiny", task="t", image_size=32))
+    assert not (tmp_path / "out" / "encoder.safetensors").exists()
+    weights = _saved(tmp_path)
+    state = safetensors.torch.load_file(weights)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("inf"))
+    safetensors.torch.save_file(state, weights)
+    with pytest.raises(EncoderFileError, match=f"NaN or infinite values \\(first: {name}\\)"):
+        load_encoder(weights)
+
+
+def test_text_file_is_not_a_safetensors_file(tmp_path: Path) -> None:
+    weights = _saved(tmp_path)
+    weights.write_text("these are not weights\n" * 20)
+    with pytest.raises(EncoderFileError, match="is not a safetensors file"):
+        load_encoder(weights)
+
+
+def test_missing_file_is_named_exactly(tmp_path: Path) -> None:
+    _saved(tmp_path)  # an encoder.safetensors beside it must not be reported instead
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(EncoderFileError, match=f"^{missing} not found"):
+        load_encoder(missing)
+
+
+def _nan_encoder(folder: Path) -> Path:
+    weights = _saved(folder)
+    state = safetensors.torch.load_file(weights)
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    safetensors.torch.save_file(state, weights)
+    return weights
+
+
+@pytest.mark.parametrize("fault", ["nan-weights", "zero-std", "negative-std", "text-file"])
+@pytest.mark.parametrize("command", ["finetune", "evaluate"])
+def test_finetune_and_evaluate_refuse_bad_encoders_before_reading_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        command: str, fault: str) -> None:
+    from selfsup_core.cli import main
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data was read before the encoder file was checked")
+
+    monkeypatch.setattr("selfsup_core.training.finetuning.load_split", no_data)
+    monkeypatch.setattr("selfsup_core.evaluation.protocols.load_split", no_data)
+    weights = _nan_encoder(tmp_path) if fault == "nan-weights" else _saved(tmp_path)
+    if fault.endswith("std"):
+        _rewrite_json(tmp_path, std=[0.2, 0.0 if fault == "zero-std" else -0.2, 0.2])
+    if fault == "text-file":
+        weights.write_text("hello\n")
+    extra = ["--protocol", "knn"] if command == "evaluate" else ["--max-epochs", "1"]
+    assert main([command, "--encoder", str(weights), "--out", str(tmp_path / "run"), *extra]) == 1
+    err = capsys.readouterr().err
+    expected = {"nan-weights": "NaN or infinite", "text-file": "not a safetensors file"}.get(
+        fault, "std must be above 0")
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -240,3 +240,52 @@ def test_one_pretrain_builds_one_plugin_manager(fake_entry_points: list[FakeEntr
     assert len(built) == 1
     warned = [r.getMessage() for r in caplog.records if "'broken'" in r.getMessage()]
     assert len(warned) == 1 and "broken-dist" in warned[0] and "selfsup_nowhere_to_be_found" in warned[0]
+
+
+def test_a_plugin_without_hookimpl_is_named(fake_entry_points: list[FakeEntryPoint],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    class Forgot:
+        @staticmethod
+        def selfsup_register_tasks() -> list:  # no @hookimpl: pluggy would ignore it silently
+            return []
+
+    fake_entry_points.append(FakeEntryPoint("forgot", "forgot-dist", Forgot()))
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr()
+    assert "'forgot' (forgot-dist)" in out.out + out.err
+    assert "decorate selfsup_register_tasks with @selfsup_core.hookimpl" in out.out + out.err
+
+
+@pytest.mark.parametrize(("value", "third_party"),
+                         [("1", False), ("true", False), ("0", True), ("false", True), ("", True)])
+def test_autoload_variable_keeps_the_builtins(value: str, third_party: bool, monkeypatch: pytest.MonkeyPatch,
+                                              fake_entry_points: list[FakeEntryPoint]) -> None:
+    monkeypatch.setenv("SELFSUP_DISABLE_PLUGIN_AUTOLOAD", value)
+    host = build_plugin_host()
+    assert "rotation" in list_tasks(host=host)  # built-ins always
+    assert ("jigsaw" in list_tasks(host=host)) == third_party
+
+
+def test_a_plugin_whose_defaults_break_its_own_checks_is_named() -> None:
+    from dataclasses import dataclass
+
+    from selfsup_core import ClassificationTask, TaskOptions
+    from selfsup_core.options import option, within
+
+    @dataclass(frozen=True)
+    class QuadOptions(TaskOptions):
+        quadrants: int = option(7, check=within(2, 4), help="how many")
+
+    class Quad(ClassificationTask):
+        name = "quad"
+        Options = QuadOptions
+
+    class Plugin:
+        @hookimpl
+        def selfsup_register_tasks(self) -> list:
+            return [Quad]
+
+    host = build_plugin_host(autoload=False, plugins=[("quad", Plugin(), "quad-dist")])
+    assert "quad" not in list_tasks(host=host)
+    (failure,) = host.failures
+    assert failure.distribution == "quad-dist" and "default options fail their own checks" in failure.error

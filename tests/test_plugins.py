@@ -82,7 +82,7 @@ def test_one_host_per_process_and_registries_collected_once(monkeypatch: pytest.
 
         build_encoder("tiny")
         list_encoders()
-    assert sorted(calls) == ["selfsup_register_encoders", "selfsup_register_tasks"]
+    assert sorted(calls) == ["selfsup_register_augmentations", "selfsup_register_encoders", "selfsup_register_tasks"]
 
 
 def test_a_host_passed_down_is_used() -> None:

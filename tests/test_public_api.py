@@ -17,7 +17,7 @@ import selfsup_core
 
 ROOT = Path(__file__).parents[1]
 PUBLIC_MODULES = {"selfsup_core.options", "selfsup_core.testing", "selfsup_core.bench"}
-BUILTIN_PLUGINS = {"selfsup_rotation", "selfsup_cutout", "selfsup_crappify", "selfsup_jigsaw"}
+BUILTIN_PLUGINS = {"selfsup_rotation", "selfsup_cutout", "selfsup_crappify", "selfsup_jigsaw", "selfsup_augment"}
 
 
 def python_files(*folders: str) -> Iterator[Path]:

@@ -13,6 +13,7 @@ import yaml
 from selfsup_crappify import CrappifyOptions, CrappifyTask
 from selfsup_cutout import CutoutOptions, CutoutTask
 from selfsup_rotation import RotationOptions, RotationTask
+from selfsup_simclr import SimCLRTask
 
 from selfsup_core import PretextBatch, PretextTask, create_task, hookimpl
 from selfsup_core.cli import main
@@ -24,7 +25,7 @@ from selfsup_core.tasks.options import TaskOptions, options_class
 from selfsup_core.tasks.reconstruction import ReconstructionOptions, ReconstructionTask
 
 ROOT = Path(__file__).parents[1]
-BUILTINS = [RotationTask, CutoutTask, CrappifyTask]
+BUILTINS = [RotationTask, CutoutTask, CrappifyTask, SimCLRTask]
 
 
 # -- a user extends a built-in task through the public API ----------------------------------

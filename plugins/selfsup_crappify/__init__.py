@@ -3,10 +3,13 @@
 After fastai's "crappify": each image is made worse by a random chain of
 steps, each switched on per image with its own probability (0 switches a step
 off): down/up-sampling by a random factor, Gaussian noise, overlaid text,
-and JPEG artefacts at a random quality -- in that order. Every step is a
-batched tensor op on the images' device (see ``resample``, ``overlay``,
-``jpeg``): Kornia's ``RandomGaussianNoise`` draws its per-pixel noise off the
-device and its ``RandomJPEG`` is several times slower than block-DCT matmuls.
+and JPEG artefacts at a random quality -- in that order. The steps are
+augmentations named in the ``degradations`` option (``down_up``, ``noise``,
+``text``, ``jpeg``, registered by this package, see ``degradations.py``; any
+installed augmentation can join them). Every step is a batched tensor op on
+the images' device (see ``resample``, ``overlay``, ``jpeg``): Kornia's
+``RandomGaussianNoise`` draws its per-pixel noise off the device and its
+``RandomJPEG`` is several times slower than block-DCT matmuls.
 
 Example:
     >>> task = CrappifyTask(jpeg_quality=(10, 30), text_p=0.0)
@@ -17,25 +20,40 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import kornia
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from selfsup_core import PretextBatch, ReconstructionOptions, ReconstructionTask, hookimpl, psnr, range_option
+from selfsup_core import (
+    Augmentation,
+    PretextBatch,
+    ReconstructionOptions,
+    ReconstructionTask,
+    SelfsupError,
+    TaskOptionError,
+    create_augmentation,
+    hookimpl,
+    psnr,
+    range_option,
+)
 from selfsup_core.options import at_least, option, probability
-from selfsup_crappify.jpeg import jpeg
-from selfsup_crappify.overlay import overlay_text, render_text_bank
-from selfsup_crappify.resample import down_up
+from selfsup_crappify.degradations import DEGRADATIONS, DownUp, Jpeg, Noise, Text
 
 Loss = Literal["l1", "ssim", "l1+ssim"]
 LOSSES = get_args(Loss)
-STEPS = ("resize_p", "noise_p", "text_p", "jpeg_p")
-"""The per-step probability options, in the order the steps are applied."""
+OWN_STEPS: dict[str, tuple[type[Augmentation], dict[str, str]]] = {
+    "down_up": (DownUp, {"p": "resize_p", "factor": "resize_factor"}),
+    "noise": (Noise, {"p": "noise_p", "std": "noise_std"}),
+    "text": (Text, {"p": "text_p", "marks": "text_marks", "height": "text_height", "bank_size": "bank_size"}),
+    "jpeg": (Jpeg, {"p": "jpeg_p", "quality": "jpeg_quality"}),
+}
+"""crappify's own degradations: each augmentation option and the task option that sets it."""
+FORCED_FIRST = ("jpeg", "noise", "down_up", "text")
+"""Which step an image that drew none gets: the first of these in ``degradations``, else the first listed."""
 
 
 def ssim(prediction: Tensor, target: Tensor) -> Tensor:
@@ -69,6 +87,24 @@ class CrappifyOptions(ReconstructionOptions):
         (10, 60), low=1, high=100, help="JPEG quality (min, max), whole numbers 1 to 100")
     loss: Loss = option("l1", help="training loss: L1, Kornia's SSIM loss, or their sum")
     bank_size: int = option(64, check=at_least(1), help="rendered strings the text is drawn from")
+    degradations: list[str] = option(
+        default_factory=lambda: ["down_up", "noise", "text", "jpeg"],
+        help="the steps, in order: augmentation names (selfsup augmentations); down_up, noise, text and "
+             "jpeg take the options above, any other its own defaults or degradation_options")
+    degradation_options: dict[str, dict[str, Any]] = option(
+        default_factory=dict, help="options of the other steps, by name, e.g. {posterize: {p: 0.3}}")
+
+    def validate(self) -> None:
+        repeated = sorted({name for name in self.degradations if self.degradations.count(name) > 1})
+        if repeated:
+            raise ValueError(f"degradations names {', '.join(repeated)} more than once")
+        for name in self.degradation_options:
+            if name in OWN_STEPS:
+                raise ValueError(f"degradation_options: set {name}'s options with crappify's own options "
+                                 f"({', '.join(OWN_STEPS[name][1].values())})")
+            if name not in self.degradations:
+                raise ValueError(f"degradation_options names {name!r}, which is not in degradations")
+
 
 class CrappifyTask(ReconstructionTask):
     """Degrade images (resolution, noise, text, JPEG) and restore them.
@@ -84,53 +120,63 @@ class CrappifyTask(ReconstructionTask):
 
     def __init__(self, options: CrappifyOptions | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
-        # Rendered once; a non-persistent buffer follows the task to the device
-        # and stays out of checkpoints.
-        o = self.options
-        bank = render_text_bank(o.bank_size) if o.text_p > 0 else torch.zeros(1, 1, 32, 128)
-        self.register_buffer("text_bank", bank, persistent=False)
+        # Augmentations hold no weights; the text step's rendered strings are a
+        # non-persistent buffer: they follow the task to the device and stay out of checkpoints.
+        self.steps = nn.ModuleDict({name: self._build_step(name) for name in self.options.degradations})
 
-    def _draw(self, name: str, n: int, device: torch.device) -> Tensor:
-        """Per-image flags: does step ``name`` (e.g. ``"jpeg_p"``) hit each image?"""
-        return torch.rand(n, device=device) < getattr(self.options, name)
+    def _build_step(self, name: str) -> Augmentation:
+        o = self.options
+        if name in OWN_STEPS:
+            step, names = OWN_STEPS[name]
+            return step(**{key: getattr(o, option) for key, option in names.items()})
+        try:
+            return create_augmentation(name, **o.degradation_options.get(name, {}))
+        except (SelfsupError, TypeError, ValueError) as exc:  # unknown name, rejected options
+            raise TaskOptionError(f"task 'crappify': degradations: {exc}") from None
+
+    @property
+    def text_bank(self) -> Tensor:
+        """The strings the ``text`` step draws from (rendered once; none when ``text_p`` is 0)."""
+        if "text" not in self.steps:
+            raise AttributeError("text_bank")  # no text step: nn.Module reports the missing attribute
+        return self.steps["text"].bank
 
     def degrade(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Apply the enabled steps; return the degraded images and the drawn parameters.
+        """Apply the steps; return the degraded images and the drawn parameters.
 
-        Parameters are per image: ``factor`` (1 where not resized), ``noise_std``
-        (0 where no noise), ``quality`` (100 where no JPEG; informational),
-        and a bool ``text`` flag.
+        Every step's parameters are kept as ``NAME.PARAM`` (``jpeg.quality``).
+        crappify's own steps also give, per image: ``factor`` (1 where not
+        resized), ``noise_std`` (0 where no noise), ``quality`` (100 where no
+        JPEG; informational), and a bool ``text`` flag.
         """
-        n, device, o = len(images), images.device, self.options
-        # Draw which steps hit each image first, then make sure every image
-        # gets at least one: an untouched image teaches only the identity and
-        # its input PSNR is unbounded, which would swamp the batch mean.
-        hits = {name: self._draw(name, n, device) for name in STEPS}
-        enabled = [name for name in ("jpeg_p", "noise_p", "resize_p", "text_p") if getattr(o, name) > 0]
-        if enabled:
-            untouched = ~torch.stack(list(hits.values())).any(dim=0)
-            hits[enabled[0]] = hits[enabled[0]] | untouched
+        # Draw every step's parameters first, then make sure every image gets
+        # at least one step: an untouched image teaches only the identity and
+        # its input PSNR is unbounded, which would swamp the batch mean. A step
+        # says which images it changes with its `applied` flags; one without
+        # them changes every image.
+        drawn = {name: step.sample(images) for name, step in self.steps.items()}
+        enabled = [name for name, step in self.steps.items() if _probability(step) > 0]
+        if enabled and all("applied" in params for params in drawn.values()):
+            first = min(enabled, key=lambda name: (FORCED_FIRST + tuple(enabled)).index(name))
+            untouched = ~torch.stack([params["applied"] for params in drawn.values()]).any(dim=0)
+            drawn[first]["applied"] = drawn[first]["applied"] | untouched
         x = images
-        lo, hi = o.resize_factor
-        factor = torch.empty(n, device=device).uniform_(math.log(lo), math.log(hi)).exp()
-        factor = torch.where(hits["resize_p"], factor, torch.ones_like(factor))
-        if o.resize_p > 0:
-            x = down_up(x, factor)
-        std = torch.empty(n, device=device).uniform_(*o.noise_std)
-        std = std * hits["noise_p"]
-        if o.noise_p > 0:
-            x = x + torch.randn_like(x) * std.to(x.dtype)[:, None, None, None]
-        x = x.clamp(0, 1)
-        text = hits["text_p"]
-        if o.text_p > 0:
-            x = overlay_text(x, self.text_bank, o.text_marks, o.text_height, apply=text)
-        lo_q, hi_q = o.jpeg_quality
-        quality = torch.randint(lo_q, hi_q + 1, (n,), device=device)
-        compressed = hits["jpeg_p"]
-        if o.jpeg_p > 0:
-            x = torch.where(compressed[:, None, None, None], jpeg(x, quality), x)
-        quality = torch.where(compressed, quality, torch.full_like(quality, 100))
-        return x.clamp(0, 1), {"factor": factor, "noise_std": std, "text": text, "quality": quality}
+        # Full precision even under the trainer's autocast, as Augmentation.forward does:
+        # bf16 matmuls would swamp the JPEG quantisation error and the down-sampling.
+        with torch.autocast(images.device.type, enabled=False):
+            for name, step in self.steps.items():
+                if name in enabled:
+                    x = step.apply(x, drawn[name])
+        extras = {f"{name}.{key}": value for name, params in drawn.items() for key, value in params.items()}
+        if "down_up" in drawn:
+            extras["factor"] = torch.where(drawn["down_up"]["applied"], drawn["down_up"]["factor"], 1.0)
+        if "noise" in drawn:
+            extras["noise_std"] = drawn["noise"]["std"] * drawn["noise"]["applied"]
+        if "text" in drawn:
+            extras["text"] = drawn["text"]["applied"]
+        if "jpeg" in drawn:
+            extras["quality"] = torch.where(drawn["jpeg"]["applied"], drawn["jpeg"]["quality"], 100)
+        return x.clamp(0, 1), extras
 
     def make_batch(self, images: Tensor) -> PretextBatch:
         inputs, params = self.degrade(images)
@@ -155,6 +201,16 @@ class CrappifyTask(ReconstructionTask):
         }
 
 
+def _probability(step: Augmentation) -> float:
+    """A step's probability option ``p``; 1 for an augmentation that has none."""
+    return float(getattr(step.options, "p", 1.0))
+
+
 @hookimpl
 def selfsup_register_tasks() -> list[type[CrappifyTask]]:
     return [CrappifyTask]
+
+
+@hookimpl
+def selfsup_register_augmentations() -> list[type[Augmentation]]:
+    return list(DEGRADATIONS)

@@ -2,9 +2,10 @@
 
 Several boxes per image are drawn batch-wise on the device (count, area and
 aspect ranges), filled with noise, zeros or the image mean, and a U-Net
-restores the original. Kornia's ``RandomErasing`` erases one box with a
-scalar fill, hence plain tensor ops here. The drawn boxes *are* the mask:
-both are kept in ``PretextBatch.extras`` so the loss never re-derives them.
+restores the original. The erasing is the ``erase`` augmentation of
+``selfsup_augment`` applied to every image (Kornia's ``RandomErasing`` erases
+one box with a scalar fill). The drawn boxes *are* the mask: both are kept in
+``PretextBatch.extras`` so the loss never re-derives them.
 
 Example:
     >>> task = CutoutTask(boxes=(1, 3), area=(0.05, 0.15))
@@ -15,61 +16,17 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any
 
 import torch
+from selfsup_augment.erase import FILLS, Erase, Fill, boxes_to_mask, draw_boxes
 from torch import Tensor
 
 from selfsup_core import PretextBatch, ReconstructionOptions, ReconstructionTask, hookimpl, psnr, range_option
 from selfsup_core.options import at_least, option
 
-Fill = Literal["noise", "zero", "mean"]
-FILLS = get_args(Fill)
-
-
-def draw_boxes(
-    n: int,
-    height: int,
-    width: int,
-    boxes: tuple[int, int],
-    area: tuple[float, float],
-    aspect: tuple[float, float],
-    device: torch.device | str = "cpu",
-) -> tuple[Tensor, Tensor]:
-    """Draw up to ``boxes[1]`` boxes for each of ``n`` images.
-
-    Returns:
-        ``(coords, active)``: ``coords`` is ``(n, K, 4)`` long ``(top, left,
-        height, width)`` in pixels; ``active`` is ``(n, K)`` bool, True for the
-        first ``count`` boxes of each image (count uniform in ``boxes``).
-    """
-    k = boxes[1]
-    count = torch.randint(boxes[0], boxes[1] + 1, (n, 1), device=device)
-    active = torch.arange(k, device=device) < count
-    frac = torch.empty(n, k, device=device).uniform_(*area)
-    # Log-uniform aspect so that 1/3 and 3 are equally likely.
-    log_ar = torch.empty(n, k, device=device).uniform_(math.log(aspect[0]), math.log(aspect[1]))
-    pixels = frac * height * width
-    h = (pixels * log_ar.exp()).sqrt().round().clamp(1, height).long()
-    w = (pixels / log_ar.exp()).sqrt().round().clamp(1, width).long()
-    top = (torch.rand(n, k, device=device) * (height - h + 1)).long()
-    left = (torch.rand(n, k, device=device) * (width - w + 1)).long()
-    return torch.stack([top, left, h, w], dim=-1), active
-
-
-def boxes_to_mask(coords: Tensor, active: Tensor, height: int, width: int) -> Tensor:
-    """Rasterise boxes from :func:`draw_boxes` into a ``(n, 1, H, W)`` bool mask."""
-    ys = torch.arange(height, device=coords.device)
-    xs = torch.arange(width, device=coords.device)
-    top, left, h, w = coords.unbind(-1)
-    rows = (ys >= top[..., None]) & (ys < (top + h)[..., None]) & active[..., None]  # (n, K, H)
-    cols = (xs >= left[..., None]) & (xs < (left + w)[..., None])  # (n, K, W)
-    mask = torch.zeros(len(coords), height, width, dtype=torch.bool, device=coords.device)
-    for i in range(coords.shape[1]):  # K is small; one (n, H, W) op per box slot
-        mask |= rows[:, i, :, None] & cols[:, i, None, :]
-    return mask[:, None]
+__all__ = ["FILLS", "CutoutOptions", "CutoutTask", "Fill", "boxes_to_mask", "draw_boxes"]
 
 
 @dataclass(frozen=True)
@@ -102,22 +59,17 @@ class CutoutTask(ReconstructionTask):
     Options = CutoutOptions
     options: CutoutOptions
 
-    def make_batch(self, images: Tensor) -> PretextBatch:
-        n, c, height, width = images.shape
+    def __init__(self, options: CutoutOptions | None = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
         o = self.options
-        coords, active = draw_boxes(n, height, width, o.boxes, o.area, o.aspect, device=images.device)
-        mask = boxes_to_mask(coords, active, height, width)
-        if o.fill == "noise":
-            fill = torch.rand_like(images)
-        elif o.fill == "zero":
-            fill = torch.zeros((), dtype=images.dtype, device=images.device)
-        else:
-            fill = images.mean(dim=(2, 3), keepdim=True)
-        inputs = torch.where(mask, fill, images)
+        self.erase = Erase(p=1.0, boxes=o.boxes, area=o.area, aspect=o.aspect, fill=o.fill)
+
+    def make_batch(self, images: Tensor) -> PretextBatch:
+        inputs, params = self.erase(images)
         return PretextBatch(
             inputs=inputs,
             targets=images,
-            extras={"mask": mask, "boxes": coords, "active": active},
+            extras={"mask": params["mask"], "boxes": params["boxes"], "active": params["active"]},
         )
 
     def loss(self, outputs: Tensor, batch: PretextBatch) -> Tensor:

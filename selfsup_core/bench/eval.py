@@ -11,13 +11,18 @@ architecture randomly initialised, measured in the same run:
   train labels, once per seed (``--seeds``, at least two);
 * optionally (``--full-finetune``) fine-tune with all labels.
 
+The random encoder's fine-tunes mirror the first task's fine-tune runs
+(``--encoder none --like RUN``), so both rows train the same network at the
+same size with the same recipe.
+
 "Beats random" means the gain exceeds the spread between seeds: for
 fine-tuning the larger of the two rows' seed ranges; for kNN and the linear
 probe (one pretrained encoder) the range of the random encoder over the
 seeds. It writes ``bench_eval.md`` (the table), ``bench_eval.json`` (every
 number), ``bench_eval.png`` (a bar chart, when matplotlib is installed: the
-``plot`` extra) and ``results.jsonl`` (one line per evaluation) into
-``--out``.
+``plot`` extra: mean bars, seed-range error bars, chance line; embedded in
+the Markdown with the command that reproduces it) and ``results.jsonl`` (one
+line per evaluation) into ``--out``.
 
 Default size, and why: 32 x 32 px, ResNet-18, 60 pretext epochs on all of
 train, 30 fine-tune epochs, 2 seeds. On 2 idle CPU cores a ResNet-18 train
@@ -29,8 +34,8 @@ matter (on a GPU, 30 vs 90 rotation epochs moved kNN from 47 % to 55 %); at
 slower than idle): 8 pretext epochs of the three tasks took 162 + 523 +
 657 s and each 20-epoch fine-tune 96-229 s; scaled to idle cores the
 defaults come to about 40 min of pretraining and 10 of fine-tuning, leaving
-headroom for a noisy machine. The guide's CPU protocol is 64 px: pass
-``--image-size 64 --pretrain-epochs 12`` for that. On a busy shared machine
+headroom for a noisy machine. For a 64 px protocol pass
+``--image-size 64 --pretrain-epochs 12``. On a busy shared machine
 use ``--threads 1``: with other processes on the cores, two intra-op threads
 ran a ResNet-18 step 17x slower than one. Results in ``docs/benchmarks.md``.
 
@@ -61,6 +66,7 @@ from selfsup_core.evaluation.protocols import (
     labelled_split,
     open_encoder,
 )
+from selfsup_core.models.encoders import check_image_size
 from selfsup_core.plugin.registry import create_task
 from selfsup_core.training.runs import new_run_dir, package_versions, write_json
 
@@ -68,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TASKS = ("rotation", "cutout", "crappify")
 RANDOM = "random init"
+CHART_NAME = "bench_eval.png"
 
 
 def default_data() -> Path | None:
@@ -103,6 +110,7 @@ def run(args: BenchEvalConfig) -> int:
     if not (train_dir.is_dir() and val_dir.is_dir()):
         raise DataError(f"{root} needs train/ and val/ folders (Imagenette layout): download Imagenette "
                         f"and pass --data or set {IMAGENETTE_ENV}.")
+    check_image_size(args.arch, args.image_size)  # before any data is read
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else new_run_dir("bench-eval")
@@ -117,18 +125,31 @@ def run(args: BenchEvalConfig) -> int:
     assert split.val is not None
     log = out / RESULTS_NAME
 
-    def finetune_rows(encoder: str, row: Row, tag: str) -> None:
+    def finetune_rows(encoder: str, row: Row, tag: str,
+                      like: dict[tuple[float, int], str] | None = None) -> dict[tuple[float, int], str]:
+        """Fine-tune per label fraction and seed; returns the fine-tune run folders.
+
+        With ``like``, each fine-tune mirrors the run of the same fraction and
+        seed (``--encoder none --like RUN``: same network, size and recipe).
+        """
         from selfsup_core.evaluation.protocols import evaluate
 
         fractions = [(args.label_fraction, row.finetune)] + ([(1.0, row.finetune_full)] if args.full_finetune else [])
+        runs = {}
         for fraction, values in fractions:
             for seed in seeds:
-                result = evaluate(encoder=encoder, protocol="finetune", data=str(train_dir), val_data=str(val_dir),
-                                  label_fraction=fraction, max_epochs=args.finetune_epochs, seed=seed,
-                                  arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
-                                  limit=args.limit, out=out)
+                where = {"encoder": encoder, "protocol": "finetune", "data": str(train_dir),
+                         "val_data": str(val_dir), "seed": seed, "limit": args.limit, "out": out}
+                if like:
+                    recipe = {"like": like[(fraction, seed)]}
+                else:
+                    recipe = {"label_fraction": fraction, "max_epochs": args.finetune_epochs, "arch": args.arch,
+                              "image_size": args.image_size, "batch_size": args.batch_size}
+                result = evaluate(**where, **recipe)
                 values.append(result.top1)
+                runs[(fraction, seed)] = result.details["finetune_run"]
                 logger.info("%s fine-tune %.0f%% seed %d: %.4f", tag, fraction * 100, seed, result.top1)
+        return runs
 
     def frozen_rows(encoder: str, row: Row, seed: int) -> None:
         loaded = open_encoder(encoder, args.arch, seed)
@@ -140,11 +161,7 @@ def run(args: BenchEvalConfig) -> int:
             logger.info("%s %s seed %d: %.4f", row.encoder, result.protocol, seed, result.top1)
 
     rows = []
-    baseline = Row(RANDOM)
-    for seed in seeds:  # a random encoder per seed: its spread is the noise floor of kNN and probe
-        frozen_rows("none", baseline, seed)
-    finetune_rows("none", baseline, RANDOM)
-    rows.append(baseline)
+    tuned: dict[tuple[float, int], str] | None = None  # the first task's fine-tune runs, for the baseline
 
     from selfsup_core.training.pretraining import pretrain
 
@@ -157,18 +174,28 @@ def run(args: BenchEvalConfig) -> int:
         resolved = create_task(task, **options.get(task, {})).options.to_dict()
         row = Row(task, options.get(task, {}), resolved, epochs, pre.seconds, pre.metrics)
         frozen_rows(str(pre.encoder_path), row, 0)
-        finetune_rows(str(pre.encoder_path), row, task)
+        runs = finetune_rows(str(pre.encoder_path), row, task)
+        tuned = tuned or runs
         rows.append(row)
 
+    # The baseline: the same architecture randomly initialised. Fine-tuned, it mirrors the first
+    # task's fine-tune runs (--encoder none --like RUN): same network, image size and recipe.
+    baseline = Row(RANDOM)
+    for seed in seeds:  # a random encoder per seed: its spread is the noise floor of kNN and probe
+        frozen_rows("none", baseline, seed)
+    finetune_rows("none", baseline, RANDOM, like=tuned)
+    rows.insert(0, baseline)
+
     seconds = time.perf_counter() - started
-    settings = {**args.to_dict(), "data": str(root),
-                "train_images": len(split.train), "val_images": len(split.val), "seeds": seeds}
+    settings = {**args.to_dict(), "data": str(root), "train_images": len(split.train),
+                "val_images": len(split.val), "num_classes": len(split.train.classes), "seeds": seeds}
     report = {"settings": settings, "machine": machine(), "versions": package_versions(),
-              "wall_seconds": seconds, "rows": [summarise(r, baseline) for r in rows]}
+              "wall_seconds": seconds, "command": reproduce_command(args),
+              "rows": [summarise(r, baseline) for r in rows]}
     write_json(out / "bench_eval.json", report)
+    chart_note = write_chart(report, out / CHART_NAME)
     table = markdown_table(report)
-    (out / "bench_eval.md").write_text(table)
-    chart_note = write_chart(report, out / "bench_eval.png")
+    (out / "bench_eval.md").write_text(markdown_report(report, table, chart=(out / CHART_NAME).is_file()))
     print(table)
     print(chart_note)
     print(f"wall time {seconds / 60:.1f} min; results in {out}")
@@ -239,14 +266,56 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"fine-tune {s['finetune_epochs']} epochs. kNN: k=20, T=0.07, bank = all labelled train images. "
         f"Linear probe: standardised frozen features, full-batch AdamW, 300 steps. "
         f"'yes' = gain larger than the noise floor (the larger seed range of the two rows; for kNN and "
-        f"linear, the random encoder's range over seeds). Wall time {report['wall_seconds'] / 60:.1f} min.",
+        f"linear, the random encoder's range over seeds). The random-init fine-tunes mirror the first task's "
+        f"(--encoder none --like RUN: same network, image size and recipe). "
+        f"Wall time {report['wall_seconds'] / 60:.1f} min.",
         "",
     ]
     return "\n".join(lines + notes)
 
 
+def reproduce_command(args: BenchEvalConfig) -> str:
+    """The ``selfsup bench eval`` command line that repeats this run (options that differ from the defaults)."""
+    from shlex import quote
+
+    from selfsup_core.options import _value_text
+
+    defaults = BenchEvalConfig()
+    parts = ["selfsup bench eval"]
+    for name, value in args.to_dict().items():
+        if value == getattr(defaults, name) or name in ("out",):
+            continue
+        if name == "task_options":
+            parts += [f"--task-option {quote(f'{task}:{key}={_value_text(v)}')}"
+                      for task, options in value.items() for key, v in options.items()]
+        elif name == "task_epochs":
+            parts += [f"--task-epochs {task}={n}" for task, n in value.items()]
+        elif isinstance(value, bool):
+            parts.append(f"--{'' if value else 'no-'}{name.replace('_', '-')}")
+        else:
+            parts.append(f"--{name.replace('_', '-')} {quote(_value_text(value))}")
+    return " ".join(parts)
+
+
+def markdown_report(report: dict[str, Any], table: str, *, chart: bool) -> str:
+    """``bench_eval.md``: the table, the chart (when drawn) and the command that reproduces both."""
+    lines = ["# selfsup bench eval", "", table]
+    if chart:
+        lines += [f"![val top-1 per protocol, bars = mean, error bars = range over seeds]({CHART_NAME})", ""]
+    lines += ["Reproduce (Imagenette: https://github.com/fastai/imagenette, `imagenette2` at 224 px or "
+              "the full-size one resized; `--data` is its root, with `train/` and `val/`):", "",
+              "```bash", report.get("command", "selfsup bench eval"), "```", ""]
+    return "\n".join(lines)
+
+
 def write_chart(report: dict[str, Any], path: Path) -> str:
-    """A grouped bar chart (one group per protocol); returns a one-line note."""
+    """A grouped bar chart (one group per protocol); returns a one-line note.
+
+    Bars are the mean top-1 over seeds; error bars span the range (min to max)
+    over the seeds, drawn only where there are two or more values. A bar
+    measured once is marked "1 seed" (the pretrained encoders' kNN and linear
+    probe: one pretrained encoder). The dashed line is chance, 1 / classes.
+    """
     try:
         import matplotlib
 
@@ -256,24 +325,47 @@ def write_chart(report: dict[str, Any], path: Path) -> str:
         return "chart skipped: matplotlib is not installed (pip install 'selfsup[plot]')."
     protocols = [p for p in ("knn", "linear", "finetune", "finetune_full")
                  if any(p in r for r in report["rows"])]
+    s = report["settings"]
     labels = {"knn": "kNN", "linear": "linear probe",
-              "finetune": f"fine-tune {report['settings']['label_fraction'] * 100:g} %",
-              "finetune_full": "fine-tune 100 %"}
+              "finetune": f"fine-tune {s['label_fraction'] * 100:g} % labels",
+              "finetune_full": "fine-tune 100 % labels"}
     rows = report["rows"]
     width = 0.8 / len(rows)
-    figure, axes = plt.subplots(figsize=(2 + 2.2 * len(protocols), 4))
+    seeds = len(s.get("seeds", ())) or max((len(r[p]["values"]) for r in rows for p in protocols if p in r),
+                                           default=1)
+    figure, axes = plt.subplots(figsize=(2.5 + 2.2 * len(protocols), 4.6))
+    top = 0.0
     for i, row in enumerate(rows):
-        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(protocols))]
-        means = [row[p]["mean"] * 100 if p in row else 0 for p in protocols]
-        errors = [[(row[p]["mean"] - min(row[p]["values"])) * 100 if p in row else 0 for p in protocols],
-                  [(max(row[p]["values"]) - row[p]["mean"]) * 100 if p in row else 0 for p in protocols]]
-        axes.bar(xs, means, width, yerr=errors, capsize=2, label=row["encoder"])
+        offset = (i - (len(rows) - 1) / 2) * width
+        xs = [j + offset for j, p in enumerate(protocols) if p in row]  # no bar where nothing was measured
+        entries = [row[p] for p in protocols if p in row]
+        means = [e["mean"] * 100 for e in entries]
+        bars = axes.bar(xs, means, width, label=row["encoder"])
+        for x, entry, mean in zip(xs, entries, means):
+            values = [v * 100 for v in entry["values"]]
+            top = max(top, *values)
+            if len(values) > 1:
+                axes.errorbar(x, mean, yerr=[[mean - min(values)], [max(values) - mean]], fmt="none",
+                              ecolor="black", capsize=3, linewidth=1)
+            else:
+                axes.annotate("1 seed", (x, mean), xytext=(0, 3), textcoords="offset points", ha="center",
+                              va="bottom", fontsize=6, rotation=90, color=bars.patches[0].get_facecolor())
+    num_classes = s.get("num_classes")
+    if num_classes:
+        chance = 100 / num_classes
+        axes.axhline(chance, color="gray", linestyle="--", linewidth=1,
+                     label=f"chance (1/{num_classes} = {chance:.0f} %)")
+    axes.set_ylim(0, min(100, top * 1.15 + 8))
     axes.set_xticks(range(len(protocols)), [labels[p] for p in protocols])
     axes.set_ylabel("val top-1 (%)")
-    s = report["settings"]
-    axes.set_title(f"{s['arch']} {s['image_size']} px, Imagenette val")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
+    axes.set_title(f"{s['arch']}, {s['image_size']} px, {s.get('val_images', '?')} val images "
+                   f"({Path(str(s.get('data', 'Imagenette'))).name})", fontsize=9)
+    axes.legend(fontsize=7, loc="upper left")
+    note = (f"bars: mean over seeds; error bars: range (min to max) over {seeds} seeds; "
+            f"\"1 seed\": measured once, no spread" if seeds > 1 else
+            "one seed: every bar measured once (\"1 seed\"), no spread measured, no error bars")
+    figure.text(0.01, 0.01, note, fontsize=7, color="dimgray")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return f"chart written to {path}"

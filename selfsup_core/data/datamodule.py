@@ -8,14 +8,22 @@ reaches the device (``on_after_batch_transfer`` in the modules).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from selfsup_core.data.decoded import DecodedImages
-from selfsup_core.threads import one_cpu_thread
+from selfsup_core.data.files import Skipped, describe_skipped
+from selfsup_core.data.sources import SKIPPED_NAME
+from selfsup_core.threads import ThreadGovernor, fixed_threads, one_cpu_thread
+
+logger = logging.getLogger(__name__)
 
 NO_LABEL = -1
 
@@ -84,6 +92,29 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
+        self._governor: ThreadGovernor | None = None
+        self._threads_before: int | None = None
+
+    def setup(self, stage: str) -> None:
+        """Training on a CPU: intra-op threads as ``$SELFSUP_CPU_THREADS`` fixes them, or as measured
+        to be fastest with whatever else runs on the machine (see :class:`~selfsup_core.threads.ThreadGovernor`)."""
+        if stage != "fit" or self.trainer is None or self.trainer.strategy.root_device.type != "cpu":
+            return
+        self._threads_before = torch.get_num_threads()
+        fixed = fixed_threads()
+        if fixed is not None:
+            torch.set_num_threads(fixed)
+        elif self._governor is None:
+            self._governor = ThreadGovernor()
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        governor, trainer = self._governor, self.trainer
+        if governor is not None and trainer is not None:
+            if trainer.training and not trainer.sanity_checking:
+                governor.step((trainer.current_epoch, trainer.global_step))
+            else:
+                governor.pause()
+        return batch
 
     def _placed(self, data: DecodedImages) -> DecodedImages:
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -91,7 +122,7 @@ class ImageDataModule(pl.LightningDataModule):
             return data
         if id(data) not in self._resident:
             labels = None if data.labels is None else data.labels.to(device)
-            self._resident[id(data)] = DecodedImages(data.images.to(device), labels, data.classes, data.skipped)
+            self._resident[id(data)] = dataclasses.replace(data, images=data.images.to(device), labels=labels)
         return self._resident[id(data)]
 
     def _loader(self, data: DecodedImages, shuffle: bool) -> torch.utils.data.DataLoader:
@@ -110,6 +141,24 @@ class ImageDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0 and not on_device,
         )
 
+    def teardown(self, stage: str) -> None:
+        """At the end of training, name the files left out once more (the log's first lines are long gone)."""
+        if stage != "fit":
+            return
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._governor, self._threads_before = None, None
+        seen: dict[Path, Skipped] = {}
+        for data in (self.train_data, self.val_data):
+            for item in data.skipped_files if data is not None else ():
+                seen.setdefault(item.path, item)
+        if not seen:
+            return
+        items = list(seen.values())
+        root = Path(*_common_parts([s.path for s in items]))
+        full = Path(self.trainer.default_root_dir) / SKIPPED_NAME if self.trainer is not None else None
+        logger.warning("%s", describe_skipped(items, root, full_list=full if full and full.exists() else None))
+
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         return self._loader(self.train_data, shuffle=True)
 
@@ -117,3 +166,14 @@ class ImageDataModule(pl.LightningDataModule):
         if self.val_data is None or len(self.val_data) == 0:
             return []
         return self._loader(self.val_data, shuffle=False)
+
+
+def _common_parts(paths: list[Path]) -> tuple[str, ...]:
+    """The longest folder prefix of ``paths`` (where their names are shown from)."""
+    parts = [p.parent.parts for p in paths]
+    common: list[str] = []
+    for level in zip(*parts):
+        if any(part != level[0] for part in level):
+            break
+        common.append(level[0])
+    return tuple(common) or ("/",)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from selfsup_core.data.files import ImageFileDataset, ImageList
+from selfsup_core.data.files import ImageFileDataset, ImageList, Skipped, describe_skipped, strict_error
 from selfsup_core.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -23,14 +24,17 @@ class DecodedImages:
     Attributes:
         images: ``(N, 3, S, S)`` uint8.
         labels: ``(N,)`` int64 class indices, or ``None``.
-        classes: Class names.
-        skipped: Files that did not decode (already left out of ``images``).
+        classes: Class names (class folders with at least one decoded image).
+        skipped: Files that were not used (already left out of ``images``):
+            those the scan could not use, then those that did not decode.
+        skip_reasons: Why, one per entry of ``skipped``.
     """
 
     images: Tensor
     labels: Tensor | None
     classes: tuple[str, ...] = ()
     skipped: tuple[Path, ...] = ()
+    skip_reasons: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -39,39 +43,100 @@ class DecodedImages:
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
+    @property
+    def skipped_files(self) -> tuple[Skipped, ...]:
+        """:attr:`skipped` with their reasons."""
+        reasons = self.skip_reasons or ("not used",) * len(self.skipped)
+        return tuple(Skipped(path, reason) for path, reason in zip(self.skipped, reasons))
+
     def subset(self, indices: Tensor | Sequence[int]) -> DecodedImages:
         """The images at ``indices``, in that order."""
         index = torch.as_tensor(indices, dtype=torch.long)
         labels = None if self.labels is None else self.labels[index]
-        return DecodedImages(self.images[index], labels, self.classes, self.skipped)
+        return dataclasses.replace(self, images=self.images[index], labels=labels)
 
 
-def decode_images(image_list: ImageList, size: int, num_workers: int = 0) -> DecodedImages:
+def iter_decoded(image_list: ImageList, size: int, num_workers: int = 0,
+                 strict: bool = False) -> Iterator[tuple[Tensor | None, int, str | None]]:
+    """``(image, index, None)`` or ``(None, index, reason)`` per file, in file order.
+
+    With ``strict`` the first file that does not decode raises
+    :class:`DataError` (one line naming it) instead.
+    """
+    loader = torch.utils.data.DataLoader(
+        ImageFileDataset(image_list.files, size), batch_size=64, num_workers=num_workers, collate_fn=list
+    )
+    for chunk in loader:
+        for image, index, reason in chunk:
+            if reason is not None and strict:
+                raise strict_error(Skipped(image_list.files[index], reason), image_list.root)
+            yield image, index, reason
+
+
+def decode_images(image_list: ImageList, size: int, num_workers: int = 0,
+                  strict: bool = False) -> DecodedImages:
     """Decode every image of ``image_list`` once, in worker processes.
 
-    Files that do not decode are skipped, counted and logged; if none
-    decodes, :class:`DataError` is raised.
+    Files that do not decode are skipped, named and counted (``strict``: the
+    first one raises :class:`DataError`); if none decodes, :class:`DataError`
+    is raised.
     """
-    dataset = ImageFileDataset(image_list.files, size)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=64, num_workers=num_workers, collate_fn=list
-    )
-    images = torch.empty((len(dataset), 3, size, size), dtype=torch.uint8)
-    ok = torch.zeros(len(dataset), dtype=torch.bool)
-    for chunk in loader:
-        for image, index in chunk:
-            if image is not None:
-                images[index] = image
-                ok[index] = True
-    skipped = tuple(f for f, good in zip(image_list.files, ok.tolist()) if not good)
+    images = torch.empty((len(image_list), 3, size, size), dtype=torch.uint8)
+    ok: list[int] = []
+    failures: dict[int, str] = {}
+    for image, index, reason in iter_decoded(image_list, size, num_workers, strict):
+        if image is None:
+            failures[index] = reason or "does not decode"
+        else:
+            images[len(ok)] = image
+            ok.append(index)
+    if not ok:
+        raise no_image_decodes(image_list, failures)
+    return assemble(image_list, images[: len(ok)], ok, failures)
+
+
+def no_image_decodes(image_list: ImageList, failures: Mapping[int, str]) -> DataError:
+    """The error when not one file decodes, with the first reasons."""
+    skipped = [Skipped(image_list.files[i], reason) for i, reason in sorted(failures.items())]
+    return DataError(f"none of the {len(image_list)} images under {image_list.root} decodes: "
+                     + describe_skipped(skipped, image_list.root, limit=3))
+
+
+def assemble(image_list: ImageList, images: Tensor, ok: Sequence[int],
+             failures: Mapping[int, str]) -> DecodedImages:
+    """The data set of the decoded ``images`` (those of the files at ``ok``, in order).
+
+    Names every file left out (the scan's problems, then ``failures``: index
+    -> reason) in one warning, and drops classes none of whose files decoded
+    (relabelling the rest), saying which.
+    """
+    good = set(ok)
+    skipped = [*image_list.problems]
+    skipped += [Skipped(f, failures.get(i, "does not decode")) for i, f in enumerate(image_list.files)
+                if i not in good]
     if skipped:
-        logger.warning("%d of %d images did not decode and were skipped", len(skipped), len(dataset))
-    if not ok.any():
-        raise DataError(f"none of the {len(dataset)} images under {image_list.root} decodes.")
-    labels = None
+        logger.warning("%s", describe_skipped(skipped, image_list.root,
+                                              total=len(image_list) + len(image_list.problems)))
+    labels, classes = None, image_list.classes
     if image_list.labels is not None:
-        labels = torch.tensor(image_list.labels, dtype=torch.long)[ok]
-    return DecodedImages(images[ok], labels, image_list.classes, skipped)
+        labels = torch.tensor([image_list.labels[i] for i in ok], dtype=torch.long)
+        labels, classes = _drop_empty_classes(labels, classes, image_list)
+    return DecodedImages(images, labels, classes, tuple(s.path for s in skipped),
+                         tuple(s.reason for s in skipped))
+
+
+def _drop_empty_classes(labels: Tensor, classes: tuple[str, ...],
+                        image_list: ImageList) -> tuple[Tensor, tuple[str, ...]]:
+    counts = torch.bincount(labels, minlength=len(classes))
+    empty = [name for name, n in zip(classes, counts.tolist()) if n == 0]
+    if not empty:
+        return labels, classes
+    logger.warning("class folder%s %s under %s: no image decodes (all skipped): left out",
+                   "s" if len(empty) > 1 else "", ", ".join(empty), image_list.root)
+    kept = (counts > 0).nonzero().flatten()
+    remap = torch.full((len(classes),), -1, dtype=torch.long)
+    remap[kept] = torch.arange(len(kept))
+    return remap[labels], tuple(classes[i] for i in kept.tolist())
 
 
 def stratified_subset(

@@ -40,12 +40,13 @@ from selfsup_core.errors import ConfigError, DataError
 from selfsup_core.evaluation.features import extract_features
 from selfsup_core.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_predict
 from selfsup_core.evaluation.probe import PROBE_STEPS, train_linear_probe
-from selfsup_core.models.encoders import build_encoder
+from selfsup_core.models.encoders import build_encoder, check_image_size
 from selfsup_core.models.export import load_encoder, read_encoder_info, read_matching_info
 from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from selfsup_core.plugin.host import PluginHost
+from selfsup_core.quiet import quiet_job
 from selfsup_core.tasks.metrics import top1
-from selfsup_core.training.runs import new_run_dir
+from selfsup_core.training.runs import apply_like, new_run_dir, settings_line
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ def open_encoder(
 
 def labelled_split(
     data: str | None, val_data: str | None, image_size: int, *, limit: int | None = None,
-    seed: int = 0, num_workers: int = 0, cache: bool = True,
+    seed: int = 0, num_workers: int = 0, cache: bool = True, strict: bool = False,
+    report_to: Path | None = None,
 ) -> Split:
     """Labelled train/val images, chosen as ``selfsup finetune`` chooses them.
 
@@ -134,7 +136,8 @@ def labelled_split(
     ``data=None`` gives the built-in glyph train and val splits.
     """
     split = load_split(data, image_size, val_data=val_data, val_fraction=FinetuneConfig.val_fraction,
-                       limit=limit, labelled=True, seed=seed, num_workers=num_workers, cache=cache)
+                       limit=limit, labelled=True, seed=seed, num_workers=num_workers, cache=cache,
+                       strict=strict, report_to=report_to)
     if split.val is None or len(split.val) == 0 or split.val.labels is None:
         raise DataError("evaluation needs labelled validation images: give --val-data.")
     return split
@@ -207,6 +210,7 @@ def frozen_protocols(
 # ---------------------------------------------------------------- the one-call API
 
 
+@quiet_job
 def evaluate(
     config: EvaluateConfig | None = None, *, host: PluginHost | None = None, **overrides: Any
 ) -> EvalResult:
@@ -219,7 +223,12 @@ def evaluate(
         **overrides: Any of its fields, for example ``encoder`` (an
             ``encoder.safetensors`` or its folder, or ``"none"`` for a seeded
             random encoder of ``arch``), ``protocol`` (``knn``, ``linear`` or
-            ``finetune``), ``data``, ``val_data``, ``label_fraction``.
+            ``finetune``), ``data``, ``val_data``, ``label_fraction``, and
+            ``like`` (a run whose architecture, image size and recipe a
+            ``"none"`` baseline mirrors).
+
+    The settings used are logged (INFO) in one line. Lightning's banners and
+    known warnings are hidden unless ``verbose=True``.
 
     Example:
         >>> result = evaluate(encoder="none", protocol="knn", arch="tiny", limit=100)  # doctest: +SKIP
@@ -227,6 +236,9 @@ def evaluate(
         20
     """
     config = (config or EvaluateConfig(encoder="none", protocol="knn")).updated(overrides, source="evaluate()")
+    config = apply_like(config)  # --like RUN: its architecture, image size and recipe, where not given
+    if config.label_fraction is None:
+        config = config.replace(label_fraction=1.0)
     encoder, protocol, arch, seed = config.encoder, config.protocol, config.arch, config.seed
     data, val_data, label_fraction, limit = config.data, config.val_data, config.label_fraction, config.limit
     image_size, batch_size, out = config.image_size, config.batch_size, config.out
@@ -240,19 +252,25 @@ def evaluate(
         result = _finetune_protocol(encoder, arch=arch, data=data, val_data=val_data,
                                     label_fraction=label_fraction, max_epochs=config.max_epochs, seed=seed,
                                     image_size=image_size, batch_size=batch_size, limit=limit,
-                                    run_dir=run_dir, progress=config.progress, host=host)
+                                    run_dir=run_dir, progress=config.progress, host=host, like=config.like,
+                                    strict=config.strict)
     else:
         loaded = open_encoder(encoder, arch, seed, host=host)
         settings = resolve_defaults(FinetuneConfig(data=data, image_size=image_size or loaded.image_size,
                                                    batch_size=batch_size, max_epochs=1), "finetune")
         assert settings.image_size is not None and settings.num_workers is not None
+        check_image_size(loaded.arch, settings.image_size, host=host)  # before any data is read
+        logger.info(settings_line(config.replace(arch=loaded.arch, image_size=settings.image_size),
+                                  f"evaluate {protocol}"))
         split = labelled_split(data, val_data, settings.image_size, limit=limit, seed=seed,
-                               num_workers=settings.num_workers)
+                               num_workers=settings.num_workers, strict=config.strict, report_to=run_dir)
         assert split.val is not None
         (result,) = frozen_protocols(loaded, split.train, split.val, (protocol,),
                                      label_fraction=label_fraction, seed=seed,
                                      batch_size=max(256, settings.batch_size or 0))
         result.details["data"] = split.source
+    if config.like:
+        result.details["like"] = str(config.like)
     result.seconds = time.perf_counter() - started
     append_result(run_dir / RESULTS_NAME, result)
     return result
@@ -261,7 +279,8 @@ def evaluate(
 def _finetune_protocol(encoder: str, *, arch: str | None, data: str | None, val_data: str | None,
                        label_fraction: float, max_epochs: int | None, seed: int, image_size: int | None,
                        batch_size: int | None, limit: int | None, run_dir: Path,
-                       progress: bool, host: PluginHost | None = None) -> EvalResult:
+                       progress: bool, host: PluginHost | None = None, like: str | None = None,
+                       strict: bool = False) -> EvalResult:
     from selfsup_core.training.finetuning import finetune  # Lightning import: only when fine-tuning
 
     task = "none" if encoder == "none" else read_encoder_info(encoder).task
@@ -269,6 +288,8 @@ def _finetune_protocol(encoder: str, *, arch: str | None, data: str | None, val_
     outcome = finetune(encoder=encoder, arch=arch, data=data, val_data=val_data,
                        label_fraction=label_fraction, max_epochs=max_epochs, seed=seed,
                        image_size=image_size, batch_size=batch_size, limit=limit, progress=progress, host=host,
+                       like=like, strict=strict,
+                       keep_checkpoint=False,  # an evaluation is not resumed: no checkpoint to keep
                        out=str(new_run_dir(f"finetune-{tag}-seed{seed}", root=run_dir)))
     config = json.loads((outcome.run_dir / "results.json").read_text())
     recorded = _read_config(outcome.run_dir)

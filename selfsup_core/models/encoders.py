@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from selfsup_core.errors import ConfigError
 from selfsup_core.plugin.markers import hookimpl
 from selfsup_core.plugin.registry import EncoderSpec, build_encoder_registry
 
@@ -136,3 +137,35 @@ def build_encoder(arch: str, host: PluginHost | None = None) -> nn.Module:
             unknown name, listing the known ones.
     """
     return build_encoder_registry(host).get(arch).spec.factory()
+
+
+def minimum_image_size(encoder: nn.Module) -> int:
+    """The smallest square input ``encoder`` is built for: its total down-sampling
+    (the deepest stage's stride; 32 for the ResNets, 8 for ``tiny``).
+
+    Smaller images still run (padding keeps every map at least 1 px), but the
+    deepest stages then shrink a 1 x 1 map further and learn from padding.
+    Encoders without ``stage_strides`` get 1.
+    """
+    strides = getattr(encoder, "stage_strides", None)
+    return int(max(strides)) if strides else 1
+
+
+def check_image_size(arch: str, image_size: int | None, host: PluginHost | None = None) -> nn.Module:
+    """Build ``arch`` and check that ``image_size`` is at least :func:`minimum_image_size`.
+
+    Call it before any data is read: a bad size fails at once.
+
+    Returns:
+        The (randomly initialised) encoder.
+
+    Raises:
+        UnknownTaskError: an unknown architecture.
+        ConfigError: ``image_size`` is below the architecture's down-sampling.
+    """
+    encoder = build_encoder(arch, host=host)
+    least = minimum_image_size(encoder)
+    if image_size is not None and image_size < least:
+        raise ConfigError(f"--image-size {image_size} is too small for {arch}, which down-samples {least}x: "
+                          f"use at least {least} px.")
+    return encoder

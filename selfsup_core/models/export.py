@@ -18,28 +18,38 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
+import torch
 from torch import nn
 
-from selfsup_core.errors import EncoderFileError
+from selfsup_core.errors import ConfigError, EncoderFileError
 from selfsup_core.ioutil import atomic_write_bytes
 from selfsup_core.models.encoders import build_encoder
-from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD, check_statistics
+from selfsup_core.options import Options, above, at_least, option, within
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "encoder.safetensors"
 META_NAME = "encoder.json"
+_META_MAX_BYTES = 1 << 20  # encoder.json is a few hundred bytes
+_REQUIRED = ("arch", "task", "image_size")
+
 
 @dataclass(frozen=True)
-class EncoderInfo:
-    """What ``encoder.json`` records about an exported encoder."""
+class EncoderInfo(Options):
+    """What ``encoder.json`` records about an exported encoder, checked when built, written and read."""
 
-    arch: str
-    task: str
-    image_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    format_version: int = FORMAT_VERSION
+    arch: str = option(help="encoder architecture, as build_encoder names it")
+    task: str = option(help="pretext task that trained it")
+    image_size: int = option(help="square input size it was trained at, in pixels", check=within(8, 4096))
+    mean: tuple[float, float, float] = option(IMAGENET_MEAN, help="per-channel mean of its input normalisation")
+    std: tuple[float, float, float] = option(IMAGENET_STD, help="per-channel std of its input normalisation",
+                                             check=above(0))
+    format_version: int = option(FORMAT_VERSION, help="version of this description's format", check=at_least(1))
+
+    def validate(self) -> None:
+        check_statistics(self.mean, self.std)
 
 
 def save_encoder(encoder: nn.Module, out_dir: str | os.PathLike[str], info: EncoderInfo) -> Path:
@@ -47,10 +57,13 @@ def save_encoder(encoder: nn.Module, out_dir: str | os.PathLike[str], info: Enco
 
     Returns:
         The path of the weights file.
+
+    Raises:
+        EncoderFileError: a weight is not finite (nothing is written).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    _check_finite(state, out / WEIGHTS_NAME, "refusing to write it")
     weights = safetensors.torch.save(state, metadata={"arch": info.arch, "task": info.task})
     atomic_write_bytes(out / WEIGHTS_NAME, weights)
     atomic_write_bytes(out / META_NAME, (json.dumps(asdict(info), indent=2) + "\n").encode())
@@ -58,20 +71,37 @@ def save_encoder(encoder: nn.Module, out_dir: str | os.PathLike[str], info: Enco
 
 
 def read_encoder_info(path: str | os.PathLike[str]) -> EncoderInfo:
-    """Read ``encoder.json`` for an encoder file or the folder holding it."""
+    """Read and check ``encoder.json`` for an encoder file or the folder holding it.
+
+    Raises:
+        EncoderFileError: missing, not JSON, a field of the wrong type or out of
+            bounds, or a format newer than this selfsup.
+    """
     meta = _resolve(path)[1]
     try:
-        raw = json.loads(meta.read_text())
-        raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
-        info = EncoderInfo(**raw)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise EncoderFileError(f"{meta}: not a valid selfsup encoder description ({exc}).") from exc
-    if info.format_version > FORMAT_VERSION:
+        if meta.stat().st_size > _META_MAX_BYTES:
+            raise ValueError(f"{meta.stat().st_size} bytes, far more than an encoder description")
+        raw = json.loads(meta.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise EncoderFileError(f"{meta}: not a valid selfsup encoder description (JSON nested too deeply).") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise EncoderFileError(f"{meta}: not a valid selfsup encoder description ({exc}).") from None
+    if not isinstance(raw, dict):
+        raise EncoderFileError(f"{meta}: not a valid selfsup encoder description (a JSON object is expected, "
+                               f"got {type(raw).__name__}).")
+    version = raw.get("format_version", FORMAT_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise EncoderFileError(
-            f"{meta}: format version {info.format_version} is newer than this selfsup "
-            f"understands ({FORMAT_VERSION}); upgrade selfsup."
+            f"{meta}: format version {version} is newer than this selfsup understands ({FORMAT_VERSION}); "
+            f"upgrade selfsup."
         )
-    return info
+    missing = [name for name in _REQUIRED if name not in raw]
+    try:
+        if missing:
+            raise ConfigError(f"{meta}: no {', '.join(missing)}")
+        return EncoderInfo.from_mapping(raw, source=str(meta))
+    except ConfigError as exc:
+        raise EncoderFileError(f"{_short(exc)}; not a valid selfsup encoder description.") from None
 
 
 def read_matching_info(path: str | os.PathLike[str], arch: str | None) -> EncoderInfo:
@@ -102,30 +132,62 @@ def load_encoder(path: str | os.PathLike[str], arch: str | None = None) -> nn.Mo
         The encoder (for ResNets, a torchvision ``ResNet`` with ``fc = Identity``).
 
     Raises:
-        EncoderFileError: missing files, another architecture, or weights that
-            do not fit the architecture.
+        EncoderFileError: missing files, not a safetensors file, another
+            architecture, weights that do not fit it or are not finite, or an
+            ``encoder.json`` that fails :func:`read_encoder_info`'s checks.
 
     Example:
         >>> enc = load_encoder("runs/rotation/encoder.safetensors")  # doctest: +SKIP
     """
+    return _open(path, arch)[0]
+
+
+def check_encoder(path: str | os.PathLike[str], arch: str | None = None) -> EncoderInfo:
+    """Check an encoder file completely (as :func:`load_encoder`) and return its description.
+
+    Jobs call it before reading any data, so a bad file fails at once.
+    """
+    return _open(path, arch)[1]
+
+
+def _open(path: str | os.PathLike[str], arch: str | None) -> tuple[nn.Module, EncoderInfo]:
     weights_path, _ = _resolve(path)
+    try:  # the header only: a text or pickle file is refused before anything else is read
+        with safetensors.safe_open(str(weights_path), framework="pt"):
+            pass
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise EncoderFileError(f"{weights_path} is not a safetensors file ({_short(exc)}); pass an "
+                               f"encoder.safetensors written by 'selfsup pretrain'.") from None
     info = read_matching_info(path, arch)
     encoder = build_encoder(info.arch)
     try:
         state = safetensors.torch.load_file(str(weights_path))
+        _check_finite(state, weights_path, "refused")
         encoder.load_state_dict(state, strict=True)
     except (OSError, RuntimeError, safetensors.SafetensorError) as exc:
         raise EncoderFileError(
             f"{weights_path}: weights do not fit architecture {info.arch!r}: {exc}"
         ) from exc
-    return encoder
+    return encoder, info
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path, action: str) -> None:
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise EncoderFileError(
+            f"{path}: {len(bad)} of {len(state)} weight tensors hold NaN or infinite values "
+            f"(first: {bad[0]}), as a diverged run leaves them; {action}."
+        )
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def _resolve(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    weights = path if path.is_file() else folder / WEIGHTS_NAME
-    meta = folder / META_NAME
+    weights = path / WEIGHTS_NAME if path.is_dir() else path  # a missing file is named as given
+    meta = weights.parent / META_NAME
     for needed in (weights, meta):
         if not needed.is_file():
             raise EncoderFileError(

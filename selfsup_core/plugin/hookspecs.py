@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from selfsup_core.plugin.markers import hookspec
 
 if TYPE_CHECKING:
-    from selfsup_core.plugin.registry import EncoderSpec, TaskSpec
+    from selfsup_core.augment.base import Augmentation
+    from selfsup_core.plugin.registry import AugmentationSpec, EncoderSpec, TaskSpec
     from selfsup_core.tasks.base import PretextTask
 
 
@@ -56,4 +57,23 @@ def selfsup_register_encoders() -> list[EncoderSpec]:
     :class:`~selfsup_core.encoders.Encoder` protocol.
 
     :return: The encoders this plugin provides (may be empty).
+    """
+
+
+@hookspec
+def selfsup_register_augmentations() -> list[type[Augmentation] | AugmentationSpec]:
+    """Contribute batch-wise augmentations, usable by every task and by ``finetune --augment``.
+
+    Called once per plugin host, when its augmentation registry is built.
+    Return :class:`~selfsup_core.augment.base.Augmentation` subclasses (each
+    registered under its ``name`` with its ``summary``) or
+    :class:`~selfsup_core.plugin.registry.AugmentationSpec` objects.
+
+    :return: The augmentations this plugin provides (may be empty).
+
+    Example::
+
+        @selfsup_core.hookimpl
+        def selfsup_register_augmentations():
+            return [Posterize]
     """

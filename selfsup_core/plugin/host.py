@@ -30,7 +30,7 @@ from selfsup_core.plugin import hookspecs
 from selfsup_core.plugin.markers import PROJECT_NAME
 
 if TYPE_CHECKING:
-    from selfsup_core.plugin.registry import EncoderSpec, Registry, TaskSpec
+    from selfsup_core.plugin.registry import AugmentationSpec, EncoderSpec, Registry, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,15 @@ class PluginHost:
             self._registries["encoder"] = collect_encoders(self)
         return self._registries["encoder"]
 
+    @property
+    def augmentations(self) -> Registry[AugmentationSpec]:
+        """Every augmentation of this host's plugins, collected once and cached."""
+        from selfsup_core.plugin.registry import collect_augmentations
+
+        if "augmentation" not in self._registries:
+            self._registries["augmentation"] = collect_augmentations(self)
+        return self._registries["augmentation"]
+
     def register(self, plugin: object, name: str, distribution: str = LOCAL_DISTRIBUTION) -> bool:
         """Register a plugin (a module or object with hook impls), e.g. one defined in-process.
 
@@ -178,6 +187,11 @@ class PluginHost:
             # pluggy's check_pending() would fail the whole manager: drop only this plugin.
             self.manager.unregister(name=name)
             self.record(PluginLoadFailure(name, distribution, "; ".join(unknown), "register"))
+            return False
+        if not self.manager.get_hookcallers(plugin):
+            # A hook function without @hookimpl is invisible to pluggy: say so.
+            self.manager.unregister(name=name)
+            self.record(PluginLoadFailure(name, distribution, _no_hooks_message(plugin), "register"))
             return False
         self.distributions[name] = distribution
         self._registries.clear()  # collected before this plugin: collect again on next use
@@ -219,6 +233,18 @@ def _unknown_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
     return sorted(problems)
 
 
+def _no_hooks_message(plugin: object) -> str:
+    undecorated = sorted(n for n in dir(plugin) if n.startswith("selfsup_") and callable(getattr(plugin, n)))
+    if undecorated:
+        return (f"implements no selfsup hook: decorate {', '.join(undecorated)} with @selfsup_core.hookimpl")
+    return "implements no selfsup hook (its module has no function decorated with @selfsup_core.hookimpl)"
+
+
+def autoload_disabled() -> bool:
+    """Whether ``SELFSUP_DISABLE_PLUGIN_AUTOLOAD`` is set to a true value (``0``/``false``/empty: not)."""
+    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def blocked_from_env() -> frozenset[str]:
     """Plugin names listed in ``SELFSUP_DISABLE_PLUGINS``."""
     raw = os.environ.get(DISABLE_ENV, "")
@@ -237,8 +263,10 @@ def build_plugin_host(
     your own to use other plugins, e.g. in tests.
 
     Args:
-        autoload: Load entry points of installed distributions. ``None`` means
-            yes unless ``SELFSUP_DISABLE_PLUGIN_AUTOLOAD`` is set.
+        autoload: Load installed entry points: ``True`` all of them, ``False``
+            none (an empty host, e.g. for tests). ``None`` loads the built-in
+            plugins (distribution ``selfsup``) always, and third-party ones
+            unless ``SELFSUP_DISABLE_PLUGIN_AUTOLOAD`` is set to a true value.
         blocked: Plugin names to skip. ``None`` reads ``SELFSUP_DISABLE_PLUGINS``.
         plugins: Extra ``(name, plugin)`` or ``(name, plugin, distribution)``
             to register after the entry points, e.g. in tests.
@@ -252,29 +280,32 @@ def build_plugin_host(
         >>> host.failures
         []
     """
-    if autoload is None:
-        autoload = not os.environ.get(AUTOLOAD_ENV)
+
     blocked_names = blocked_from_env() if blocked is None else frozenset(blocked)
     manager = pluggy.PluginManager(PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     host = PluginHost(manager=manager, blocked=blocked_names)
-    if autoload:
+    if autoload is None:  # the built-ins always; third parties unless the variable says no
+        _load_entry_points(host, third_party=not autoload_disabled())
+    elif autoload:
         _load_entry_points(host)
     for name, plugin, *distribution in plugins:
         if name in host.blocked:
             continue
         host.register(plugin, name=name, distribution=distribution[0] if distribution else LOCAL_DISTRIBUTION)
     # Call the hooks now, so that every failure is known (and logged) once, here.
-    _ = host.tasks, host.encoders  # properties that collect and cache
+    _ = host.tasks, host.encoders, host.augmentations  # properties that collect and cache
     return host
 
 
-def _load_entry_points(host: PluginHost) -> None:
+def _load_entry_points(host: PluginHost, third_party: bool = True) -> None:
     # pluggy's load_setuptools_entrypoints stops at the first broken plugin
     # and skips a second distribution using the same name; this loads both.
     found: dict[str, list[tuple[importlib.metadata.EntryPoint, str]]] = {}
     for entry_point in importlib.metadata.entry_points(group=PROJECT_NAME):
         dist = entry_point.dist.name if entry_point.dist is not None else "<unknown>"
+        if not third_party and dist != BUILTIN_DISTRIBUTION:
+            continue
         claims = found.setdefault(entry_point.name, [])
         if all(dist != seen for _, seen in claims):  # one distribution seen twice on sys.path
             claims.append((entry_point, dist))

@@ -38,6 +38,7 @@ from selfsup_core.plugin.host import (
 if TYPE_CHECKING:
     from torch import nn
 
+    from selfsup_core.augment.base import Augmentation
     from selfsup_core.tasks.base import PretextTask
 
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
@@ -84,7 +85,28 @@ class EncoderSpec:
     summary: str = ""
 
 
-SpecT = TypeVar("SpecT", TaskSpec, EncoderSpec)
+@dataclass(frozen=True)
+class AugmentationSpec:
+    """A batch-wise augmentation contributed by a plugin.
+
+    Attributes:
+        name: What users and tasks name it by (``--augment NAME``).
+        factory: Called with the augmentation's options as keyword arguments;
+            returns an :class:`~selfsup_core.augment.base.Augmentation`.
+        summary: One line shown by ``selfsup augmentations``.
+    """
+
+    name: str
+    factory: Callable[..., Augmentation]
+    summary: str = ""
+
+    @classmethod
+    def from_augmentation(cls, augmentation: type[Augmentation]) -> AugmentationSpec:
+        """The spec of an augmentation class, from its ``name`` and ``summary``."""
+        return cls(augmentation.name, augmentation, augmentation.summary)
+
+
+SpecT = TypeVar("SpecT", TaskSpec, EncoderSpec, AugmentationSpec)
 
 
 @dataclass(frozen=True)
@@ -155,10 +177,35 @@ def _as_encoder_spec(item: object) -> EncoderSpec | None:
     return item if isinstance(item, EncoderSpec) else None
 
 
-def _inherits_the_base_name(spec: TaskSpec) -> bool:
+def _as_augmentation_spec(item: object) -> AugmentationSpec | None:
+    from selfsup_core.augment.base import Augmentation
+
+    if isinstance(item, AugmentationSpec):
+        return item
+    if isinstance(item, type) and issubclass(item, Augmentation) and item is not Augmentation:
+        return AugmentationSpec.from_augmentation(item)
+    return None
+
+
+def _placeholder_name(kind: str) -> str | None:
+    from selfsup_core.augment.base import Augmentation
     from selfsup_core.tasks.base import PretextTask
 
-    return spec.name == PretextTask.name  # a class that forgot `name` would register the placeholder
+    return {"task": PretextTask.name, "augmentation": Augmentation.name}.get(kind)
+
+
+def _broken_defaults(factory: object) -> str | None:
+    """Why the defaults of ``factory.Options`` are invalid, if they are (a plugin's bug, not the user's)."""
+    from selfsup_core.options import Options
+
+    declared = getattr(factory, "Options", None)
+    if not (isinstance(declared, type) and issubclass(declared, Options)):
+        return None
+    try:
+        declared()
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
 
 
 def _what(value: object) -> str:
@@ -184,10 +231,13 @@ def _checked(
             problems.append(f"returned {_what(item)} in its list, expected {expected}")
         elif not isinstance(spec.name, str) or not _NAME_PATTERN.match(spec.name):
             problems.append(f"invalid {kind} name {spec.name!r}: use lower case letters, digits, '-' and '_'")
-        elif kind == "task" and _inherits_the_base_name(spec):
-            problems.append(f"task class {spec.factory.__qualname__} sets no `name`")
+        elif spec.name == _placeholder_name(kind):
+            # A class that forgot `name` would register the base class's placeholder.
+            problems.append(f"{kind} class {spec.factory.__qualname__} sets no `name`")
         elif not callable(spec.factory):
             problems.append(f"{kind} {spec.name!r} has a factory that is not callable")
+        elif (broken := _broken_defaults(spec.factory)) is not None:
+            problems.append(f"{kind} {spec.name!r}: its default options fail their own checks ({broken})")
         elif any(spec.name == s.name for s in specs):
             problems.append(f"registers {kind} {spec.name!r} twice")
         else:
@@ -243,6 +293,29 @@ def collect_encoders(host: PluginHost) -> Registry[EncoderSpec]:
     return _collect(host, "selfsup_register_encoders", "encoder", "EncoderSpec", _as_encoder_spec)
 
 
+def collect_augmentations(host: PluginHost) -> Registry[AugmentationSpec]:
+    """Call every plugin's ``selfsup_register_augmentations`` (uncached: use ``host.augmentations``)."""
+    return _collect(host, "selfsup_register_augmentations", "augmentation",
+                    "AugmentationSpec or Augmentation subclasses", _as_augmentation_spec)
+
+
+def list_augmentations(pattern: str = "*", *, host: PluginHost | None = None) -> list[str]:
+    """Names of the installed augmentations that match ``pattern`` (shell style)."""
+    return (host or get_plugin_host()).augmentations.names(pattern)
+
+
+def create_augmentation(name: str, /, *, host: PluginHost | None = None, **options: Any) -> Augmentation:
+    """Build the augmentation called ``name`` with ``options``.
+
+    Raises:
+        UnknownTaskError: No installed plugin provides ``name`` (the message
+            lists the installed ones and the closest match).
+        ConfigError: An option it does not accept, or a bad value.
+    """
+    spec = (host or get_plugin_host()).augmentations.get(name).spec
+    return spec.factory(**options)
+
+
 def build_task_registry(host: PluginHost | None = None) -> Registry[TaskSpec]:
     """The tasks of ``host`` (default: the process's host), collected once per host."""
     return (host or get_plugin_host()).tasks
@@ -262,7 +335,10 @@ def create_task(name: str, /, *, host: PluginHost | None = None, **options: Any)
     """Build the task called ``name`` with ``options``.
 
     Args:
-        name: A registered task name.
+        name: A registered task name, or several joined by ``+`` with optional
+            weights (``rotation:1+crappify:0.5``): a
+            :class:`~selfsup_core.tasks.multitask.MultiTask`, whose options
+            are keyed by task name.
         host: Whose plugins to use; ``None`` is the process's host.
         **options: The task's keyword options.
 
@@ -272,6 +348,10 @@ def create_task(name: str, /, *, host: PluginHost | None = None, **options: Any)
         TaskConflictError: Two third-party plugins provide ``name``.
         TaskOptionError: An option the task does not accept, or a bad value.
     """
+    from selfsup_core.tasks.multitask import create_multitask, is_multitask
+
+    if is_multitask(name):  # "rotation+crappify:0.5": several tasks on one encoder
+        return create_multitask(name, options, host=host)
     spec = build_task_registry(host).get(name).spec
     check_options(spec.factory, options, what=f"task {name!r}")
     try:

@@ -39,11 +39,14 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from selfsup_core.tasks.distributed import gather_with_grad
+from selfsup_core.tasks.distributed import rank as process_rank
 from selfsup_core.tasks.metrics import accuracy
 from selfsup_core.tasks.options import TaskOptions
 
-Inputs = Tensor | tuple[Tensor, ...]
-"""One batch of network inputs, or several views of the same images."""
+Inputs = Tensor | tuple[Any, ...]
+"""One batch of network inputs, or a tuple of them: several views of the same
+images, or (multi-task) each task's inputs, which may be tuples themselves."""
 
 
 @dataclass
@@ -57,18 +60,28 @@ class PretextBatch:
             needs no targets (contrastive learning).
         extras: Anything else the loss or metrics need, drawn together with
             the inputs (for example the erased mask), so nothing is re-derived.
+        parts: The batches of the tasks a multi-task batch is made of, by task
+            name (empty for a single task).
     """
 
     inputs: Inputs
     targets: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+    parts: dict[str, PretextBatch] = field(default_factory=dict)
 
 
 def map_inputs(inputs: Inputs, fn: Any) -> Inputs:
-    """Apply ``fn`` to a tensor, or to each view of a tuple of tensors."""
+    """Apply ``fn`` to a tensor, or to every tensor of a (nested) tuple of them."""
     if isinstance(inputs, tuple):
-        return tuple(fn(view) for view in inputs)
+        return tuple(map_inputs(view, fn) for view in inputs)
     return fn(inputs)
+
+
+def flat_inputs(inputs: Inputs) -> list[Tensor]:
+    """Every tensor of ``inputs``, nested tuples flattened, in order."""
+    if isinstance(inputs, tuple):
+        return [tensor for view in inputs for tensor in flat_inputs(view)]
+    return [inputs]
 
 
 class PretextTask(nn.Module):
@@ -157,6 +170,22 @@ class PretextTask(nn.Module):
         raise NotImplementedError
 
     # -- optional ------------------------------------------------------------------
+
+    @staticmethod
+    def gather(tensor: Tensor) -> Tensor:
+        """``tensor`` from every process, concatenated along dim 0, with gradients.
+
+        Contrastive losses use it so that negatives come from the whole global
+        batch under multi-process training; in one process it returns
+        ``tensor`` itself. See :func:`~selfsup_core.tasks.distributed.gather_with_grad`.
+        """
+        return gather_with_grad(tensor)
+
+    @staticmethod
+    def rank() -> int:
+        """This process's index among the training processes (0 in one process):
+        where its share of the batch sits in what :meth:`gather` returns."""
+        return process_rank()
 
     def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Inputs, batch: PretextBatch) -> Any:
         """Run the network on normalised ``inputs``.

@@ -17,12 +17,22 @@ from selfsup_core.data.datamodule import ImageDataModule
 from selfsup_core.data.decoded import label_subset
 from selfsup_core.data.sources import load_split
 from selfsup_core.errors import DataError
-from selfsup_core.models.encoders import build_encoder
-from selfsup_core.models.export import read_matching_info
+from selfsup_core.models.encoders import check_image_size
+from selfsup_core.models.export import check_encoder
 from selfsup_core.plugin.host import PluginHost
-from selfsup_core.training.finetune_module import ClassifierModule
-from selfsup_core.training.runs import prepare_run_dir, record_run, write_json
-from selfsup_core.training.trainer import build_trainer, compile_model, resume_path
+from selfsup_core.quiet import quiet_job
+from selfsup_core.training.finetune_module import ClassifierModule, build_augmentations
+from selfsup_core.training.runs import (
+    apply_like,
+    device_text,
+    finish_checkpoint,
+    prepare_run_dir,
+    record_run,
+    resumed_config,
+    settings_line,
+    write_json,
+)
+from selfsup_core.training.trainer import build_trainer, compile_model, fit, resume_path
 
 logger = logging.getLogger(__name__)
 
@@ -55,22 +65,34 @@ class _AccuracyHistory(Callback):
     def __init__(self) -> None:
         self.history: list[float] = []
 
+    # Saved in the checkpoint, so a resumed run reports every epoch, not only those since the resume.
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [float(v) for v in state_dict.get("history", [])]
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
             self.history.append(float(trainer.callback_metrics["val/acc"]))
 
 
+@quiet_job
 def finetune(
     config: FinetuneConfig | None = None, *, host: PluginHost | None = None, **overrides: Any
 ) -> FinetuneResult:
     """Fine-tune a classifier on labelled folders (or the built-in glyph classes).
 
-    ``encoder="none"`` is the from-scratch baseline: same architecture, same
-    image size, same recipe.
+    ``encoder="none"`` is the from-scratch baseline. ``like=RUN`` makes it the
+    same network at the same size with the same recipe as ``RUN`` (a finetune
+    run folder, a pretrain run folder or an ``encoder.safetensors``: see
+    :func:`~selfsup_core.training.runs.mirrored_settings`); without it the
+    stated defaults apply. The settings used are logged (INFO) in one line.
+    Lightning's banners and known warnings are hidden unless ``verbose=True``.
 
     Args:
         config: Settings; ``None`` starts from the defaults.
-        host: Whose plugins provide the encoder; ``None`` is the process's host.
+        host: Whose plugins provide the encoder and the augmentations; ``None`` is the process's host.
         **overrides: Any :class:`~selfsup_core.config.FinetuneConfig` field.
 
     Example:
@@ -79,17 +101,24 @@ def finetune(
         True
     """
     config = (config or FinetuneConfig()).updated(overrides, source="finetune()")
+    if config.resume:  # the run's own settings, from its config.yaml
+        config = resumed_config(config, "finetune")
+    config = apply_like(config)  # --like RUN: its architecture, image size and recipe, where not given
     config = _with_encoder_settings(config)
     config = resolve_defaults(config, "finetune")
-    assert config.arch is not None  # set by _with_encoder_settings
-    build_encoder(config.arch, host=host)
+    assert config.arch is not None and config.label_fraction is not None  # set just above
+    check_image_size(config.arch, config.image_size, host=host)  # before any data is read
+    build_augmentations(config.augment, host=host)  # unknown names and bad options, before any data is read
+    logger.info(settings_line(config, "finetune"))
 
     run_dir = prepare_run_dir(config.out, "finetune", resume=config.resume, overwrite=config.overwrite)
+    resume_from = resume_path(run_dir, config.resume, max_epochs=config.max_epochs,
+                              finished=run_dir / "results.json")  # checked before any data is read
     pl.seed_everything(config.seed, workers=True, verbose=False)
     split = load_split(
         config.data, config.image_size, val_data=config.val_data, val_fraction=config.val_fraction,
         limit=config.limit, labelled=True, seed=config.seed, num_workers=config.num_workers,
-        cache=config.cache,
+        cache=config.cache, strict=config.strict, report_to=run_dir,
     )
     if split.val is None or len(split.val) == 0:
         raise DataError("fine-tuning needs validation images: give --val-data or a --val-fraction above 0.")
@@ -100,18 +129,23 @@ def finetune(
         num_classes=len(train.classes), arch=config.arch,
         encoder_path=None if config.encoder == "none" else config.encoder,
         image_size=config.image_size, lr=config.lr, weight_decay=config.weight_decay,
+        augment=list(config.augment), host=host,
     )
     data = ImageDataModule(train, split.val, batch_size=config.batch_size, seed=config.seed,
                            on_device=config.data_on_device)
-    record_run(run_dir, {"job": "finetune", **config.to_dict(), "train_images": len(train)})
+    record_run(run_dir, {"job": "finetune", **config.to_dict(), "device": device_text(config.devices),
+                         "train_images": len(train)})
     if config.compile:
         compile_model(module)
     trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,
-                            precision=config.precision, progress=config.progress)
+                            precision=config.precision, progress=config.progress,
+                            resume_hint=f"selfsup finetune --resume --out {run_dir}",
+                            checkpoint_every_steps=config.checkpoint_every_steps,
+                            checkpoint_every_minutes=config.checkpoint_every_minutes)
     history = _AccuracyHistory()
     trainer.callbacks.append(history)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=resume_path(run_dir, config.resume), weights_only=True)
+    fit(trainer, module, data, run_dir=run_dir, ckpt_path=resume_from)  # stops on divergence and signals
     seconds = time.perf_counter() - started
     if not history.history:
         raise DataError("no validation epoch ran; nothing to report.")
@@ -119,6 +153,7 @@ def finetune(
                             history.history)
     write_json(run_dir / "results.json", {"job": "finetune", "encoder": config.encoder,
                                           "arch": config.arch, **result.as_dict()})
+    finish_checkpoint(run_dir, config.keep_checkpoint)
     return result
 
 
@@ -126,5 +161,5 @@ def _with_encoder_settings(config: FinetuneConfig) -> FinetuneConfig:
     """Take architecture and image size from the encoder file unless given."""
     if config.encoder == "none":
         return config.replace(arch=config.arch or "resnet18")
-    info = read_matching_info(config.encoder, config.arch)
+    info = check_encoder(config.encoder, config.arch)  # weights and description, before any data is read
     return config.replace(arch=info.arch, image_size=config.image_size or info.image_size)

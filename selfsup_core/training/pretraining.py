@@ -14,13 +14,22 @@ import torch
 from selfsup_core.config import PretrainConfig, resolve_defaults
 from selfsup_core.data.datamodule import ImageDataModule
 from selfsup_core.data.sources import load_split
-from selfsup_core.models.encoders import build_encoder
-from selfsup_core.models.export import EncoderInfo, save_encoder
+from selfsup_core.models.encoders import check_image_size
+from selfsup_core.models.export import WEIGHTS_NAME, EncoderInfo, save_encoder
 from selfsup_core.plugin.host import PluginHost
-from selfsup_core.plugin.registry import build_task_registry, check_options
+from selfsup_core.plugin.registry import create_task
+from selfsup_core.quiet import quiet_job
 from selfsup_core.training.pretext_module import PretextModule
-from selfsup_core.training.runs import prepare_run_dir, record_run, write_json
-from selfsup_core.training.trainer import build_trainer, compile_model, resume_path
+from selfsup_core.training.runs import (
+    device_text,
+    final_metrics,
+    finish_checkpoint,
+    prepare_run_dir,
+    record_run,
+    resumed_config,
+    write_json,
+)
+from selfsup_core.training.trainer import build_trainer, compile_model, fit, resume_path
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,7 @@ class PretrainResult:
     seconds: float
 
 
+@quiet_job
 def pretrain(
     config: PretrainConfig | None = None, *, host: PluginHost | None = None, **overrides: Any
 ) -> PretrainResult:
@@ -53,23 +63,42 @@ def pretrain(
             process's host (:func:`~selfsup_core.plugin.host.get_plugin_host`).
         **overrides: Any :class:`~selfsup_core.config.PretrainConfig` field.
 
+    Quiet by default: Lightning's banners, tips and known warnings are hidden
+    unless ``verbose=True`` (:mod:`selfsup_core.quiet`); ``progress=False``
+    also hides the progress bar.
+
+    ``resume=True`` continues the run in ``out`` from ``checkpoints/last.ckpt``
+    (saved every epoch) with the run's own ``config.yaml``
+    (:func:`~selfsup_core.training.runs.resumed_config`).
+
+    Raises:
+        DivergenceError: a non-finite loss or weights; the last good checkpoint
+            is kept and nothing is exported.
+        RunInterrupted: SIGINT or SIGTERM, after saving ``checkpoints/last.ckpt``.
+
     Example:
         >>> result = pretrain(task="rotation", arch="tiny", max_epochs=1)  # doctest: +SKIP
         >>> result.encoder_path.name
         'encoder.safetensors'
     """
     config = (config or PretrainConfig()).updated(overrides, source="pretrain()")
+    if config.resume:  # the run's own settings, from its config.yaml
+        config = resumed_config(config, "pretrain")
     config = resolve_defaults(config, "pretrain")
     # Fail on a bad task, task option or architecture before touching data.
-    spec = build_task_registry(host).get(config.task).spec
-    check_options(spec.factory, config.task_options, what=f"task {config.task!r}")
-    build_encoder(config.arch, host=host)
+    create_task(config.task, host=host, **config.task_options)
+    check_image_size(config.arch, config.image_size, host=host)  # ResNets need 32 px, tiny 8
+    info = EncoderInfo.from_mapping({"arch": config.arch, "task": config.task, "image_size": config.image_size},
+                                    source="pretrain")  # an image size no encoder file accepts fails now
 
     run_dir = prepare_run_dir(config.out, config.task, resume=config.resume, overwrite=config.overwrite)
+    resume_from = resume_path(run_dir, config.resume, max_epochs=config.max_epochs,
+                              finished=run_dir / WEIGHTS_NAME)  # checked before any data is read
     pl.seed_everything(config.seed, workers=True, verbose=False)
     split = load_split(
         config.data, config.image_size, val_fraction=config.val_fraction, limit=config.limit,
         seed=config.seed, num_workers=config.num_workers, cache=config.cache,
+        strict=config.strict, report_to=run_dir,
     )
     logger.info("pretraining %s on %s: %d train / %d val images",
                 config.task, split.source, len(split.train), len(split.val or ()))
@@ -80,20 +109,23 @@ def pretrain(
     )
     data = ImageDataModule(split.train, split.val, batch_size=config.batch_size, seed=config.seed,
                            on_device=config.data_on_device)
-    record_run(run_dir, {"job": "pretrain", **config.to_dict(),
+    record_run(run_dir, {"job": "pretrain", **config.to_dict(), "device": device_text(config.devices),
                          "resolved_task_options": module.task.options.to_dict(),  # defaults included
                          "train_images": len(split.train), "skipped_images": len(split.train.skipped)})
     if config.compile:
         compile_model(module)
     trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,
-                            precision=config.precision, progress=config.progress)
+                            precision=config.precision, progress=config.progress,
+                            resume_hint=f"selfsup pretrain --resume --out {run_dir}",
+                            checkpoint_every_steps=config.checkpoint_every_steps,
+                            checkpoint_every_minutes=config.checkpoint_every_minutes)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=resume_path(run_dir, config.resume), weights_only=True)
+    fit(trainer, module, data, run_dir=run_dir, ckpt_path=resume_from)  # stops on divergence and signals
     seconds = time.perf_counter() - started
-    info = EncoderInfo(arch=config.arch, task=config.task, image_size=config.image_size)
     encoder_path = save_encoder(module.encoder, run_dir, info)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = final_metrics(trainer.callback_metrics)  # one value per metric: the last epoch's
     write_json(run_dir / "results.json", {"job": "pretrain", "task": config.task, "arch": config.arch,
                                           "seconds": seconds, "metrics": metrics})
     logger.info("encoder written to %s", encoder_path)
+    finish_checkpoint(run_dir, config.keep_checkpoint)  # deleted, or kept with a note saying it may be
     return PretrainResult(run_dir, encoder_path, metrics, seconds)

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import importlib.metadata
 import json
+import logging
+import math
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+from selfsup_core.config import read_yaml
 from selfsup_core.errors import ConfigError
-from selfsup_core.ioutil import atomic_write_text
+from selfsup_core.ioutil import atomic_write_text, check_writable, remove_stale_temporaries
+from selfsup_core.options import Options
+
+logger = logging.getLogger(__name__)
+OptionsT = TypeVar("OptionsT", bound=Options)
 
 RUNS_ROOT = Path("runs")
 _PACKAGES = ("selfsup", "torch", "torchvision", "pytorch-lightning", "kornia", "pluggy", "pillow")
@@ -35,6 +43,7 @@ def prepare_run_dir(out: str | None, prefix: str, *, resume: bool, overwrite: bo
     Raises:
         ConfigError: ``out`` holds files and neither ``resume`` nor
             ``overwrite`` was asked for, or ``resume`` with nothing to resume.
+        OutputError: the folder cannot be created or written.
     """
     path = Path(out) if out else new_run_dir(prefix)
     if path.exists() and not path.is_dir():
@@ -47,8 +56,18 @@ def prepare_run_dir(out: str | None, prefix: str, *, resume: bool, overwrite: bo
             f"{path} is not empty: pass --resume to continue that run, --overwrite to "
             f"replace its results, or another --out."
         )
-    path.mkdir(parents=True, exist_ok=True)
+    check_writable(path)  # before any decoding or training: a read-only or full disk fails now
+    if occupied:
+        remove_stale_temporaries(path, path / "checkpoints")
+    if occupied and overwrite and not resume:
+        # Replaced, not mixed: a later --resume must never pick up the earlier run's checkpoint.
+        for name in _REPLACED_ON_OVERWRITE:
+            (path / name).unlink(missing_ok=True)
     return path
+
+
+# What a new run in an --overwrite folder replaces at once (logs are versioned, previews rewritten).
+_REPLACED_ON_OVERWRITE = ("checkpoints/last.ckpt", "encoder.safetensors", "encoder.json", "results.json")
 
 
 def package_versions() -> dict[str, str]:
@@ -69,5 +88,245 @@ def record_run(folder: Path, config: dict[str, Any]) -> None:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as pretty JSON, atomically."""
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    """Write ``payload`` as pretty, valid JSON, atomically.
+
+    JSON has no NaN or infinity: such a value is written as ``null`` and named
+    in a ``notes`` list, never as the bare ``NaN`` most parsers refuse.
+    """
+    notes: list[str] = []
+    clean = _finite(payload, "", notes)
+    if notes:
+        clean["notes"] = [*clean.get("notes", []), *notes]
+    atomic_write_text(path, json.dumps(clean, indent=2, allow_nan=False) + "\n")
+
+
+def _finite(value: Any, where: str, notes: list[str]) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        notes.append(f"{where} was {value} (not finite), written as null")
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), notes) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", notes) for i, v in enumerate(value)]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, as they come back from YAML, so equal settings compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# Options a resumed run may change: how long it trains and what it runs on, never what or how it learns.
+RESUME_MAY_CHANGE = frozenset({
+    "max_epochs", "progress", "devices", "precision", "num_workers", "cache", "data_on_device", "compile",
+    "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoint", "verbose", "strict",
+})
+_RUN_CONTROL = frozenset({"out", "resume", "overwrite"})
+
+
+def resumed_config(config: OptionsT, job: str) -> OptionsT:
+    """The configuration a ``--resume`` continues with: the run's own ``config.yaml``.
+
+    An option counts as given when it differs from its default. Given options
+    in :data:`RESUME_MAY_CHANGE` replace the saved values (``--max-epochs 30``
+    extends a run); any other given option that differs from the saved one is
+    refused by name, since continuing with other data or settings would
+    silently mix two runs.
+
+    Raises:
+        ConfigError: no ``--out``, no ``config.yaml``, a run of another job, or conflicting options.
+    """
+    out = getattr(config, "out", None)
+    if not out:
+        raise ConfigError("--resume needs --out RUN: the folder of the run to continue.")
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {path} not found, so {out} holds no {job} run to continue; "
+                          f"start a new run instead.")
+    saved = read_yaml(path)
+    if saved.get("job", job) != job:
+        raise ConfigError(f"--resume: {out} holds a {saved['job']} run, not a {job} run.")
+    names = [f.name for f in dataclasses.fields(config)]
+    values = {k: v for k, v in saved.items() if k in names}
+    defaults = type(config)()
+    conflicts = []
+    for name in names:
+        given = getattr(config, name)
+        if name in _RUN_CONTROL or given == getattr(defaults, name):
+            continue  # not given: the run's own value
+        if name in RESUME_MAY_CHANGE or name not in values:
+            values[name] = given
+        elif _plain(given) != _plain(values[name]):
+            flag = "--" + name.replace("_", "-")
+            had = "no value" if values[name] is None else repr(values[name])
+            conflicts.append(f"{flag} {given!r} (the run has {had})")
+    if conflicts:
+        raise ConfigError(
+            f"--resume continues {out} with its own settings ({path}); refused: {'; '.join(conflicts)}. "
+            f"Drop them, or start a new run. A resumed run may change only "
+            f"{', '.join('--' + n.replace('_', '-') for n in sorted(RESUME_MAY_CHANGE & set(names)))}."
+        )
+    values.update(out=str(out), resume=True, overwrite=False)
+    logger.info("resuming %s with its saved settings (%s)", out, path)
+    return type(config).from_mapping(values, source=str(path))
+
+
+# -- mirroring a run (--like) ----------------------------------------------------------------
+
+# What --like copies from a finetune run's config.yaml: the network, its input and the recipe.
+MIRRORED = ("arch", "image_size", "max_epochs", "batch_size", "lr", "weight_decay", "label_fraction", "augment")
+
+
+def mirrored_settings(like: str | Path) -> tuple[dict[str, Any], str]:
+    """The settings a baseline copies from ``like``, and where they came from.
+
+    ``like`` is a run folder or an encoder file:
+
+    * a ``finetune`` run folder (its ``config.yaml``): architecture, image size
+      and the recipe (epochs, batch size, lr, weight decay, label fraction,
+      augmentations);
+    * a ``pretrain`` run folder, ``encoder.safetensors`` or ``encoder.json``:
+      architecture and image size (from ``encoder.json``; fine-tuning it uses
+      the stated defaults, so a baseline that mirrors it does too).
+
+    Raises:
+        ConfigError: ``like`` is missing or holds neither.
+    """
+    path = Path(like).expanduser()
+    if path.is_file() and path.suffix in (".safetensors", ".json"):
+        folder = path.parent
+    elif path.is_dir():
+        folder = path
+    elif path.exists():
+        raise ConfigError(f"--like {like}: give a run folder or an encoder.safetensors, not {path.name}.")
+    else:
+        raise ConfigError(f"--like {like} does not exist: give a run folder (pretrain or finetune) "
+                          f"or an encoder.safetensors.")
+    saved = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    if saved.get("job") == "finetune":
+        values = {k: saved[k] for k in MIRRORED if saved.get(k) is not None}
+        return values, f"{folder}/config.yaml"
+    if (folder / "encoder.json").is_file():
+        from selfsup_core.models.export import read_encoder_info  # torch: only when needed
+
+        info = read_encoder_info(folder)
+        return {"arch": info.arch, "image_size": info.image_size}, f"{folder}/encoder.json"
+    if saved.get("job") == "pretrain":  # a run that has not exported its encoder yet
+        return {k: saved[k] for k in ("arch", "image_size") if saved.get(k) is not None}, f"{folder}/config.yaml"
+    raise ConfigError(f"--like {like}: no encoder.json and no finetune or pretrain config.yaml in {folder}.")
+
+
+def apply_like(config: OptionsT) -> OptionsT:
+    """``config`` with the settings it leaves at their defaults taken from ``config.like``, if any.
+
+    As for ``--resume``, a setting counts as given when it differs from its
+    default. Settings given win; where one differs from the mirrored run, a
+    warning says so.
+    """
+    like = getattr(config, "like", None)
+    if not like:
+        return config
+    values, source = mirrored_settings(like)
+    defaults = _declared_defaults(type(config))
+    updates = {}
+    for name, value in values.items():
+        if name not in defaults:
+            continue
+        current = getattr(config, name)
+        if current is None or current == defaults[name]:
+            updates[name] = value
+        elif current != value:
+            logger.warning("--%s %s given: kept, although %s has %s", name.replace("_", "-"), current, source, value)
+    return type(config).from_mapping({**config.to_dict(), **updates}, source=f"--like {like} ({source})")
+
+
+def _declared_defaults(cls: type) -> dict[str, Any]:
+    """Each field's declared default (``default_factory`` called), without building ``cls``."""
+    defaults = {}
+    for field in dataclasses.fields(cls):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return defaults
+
+
+def settings_line(config: Any, job: str) -> str:
+    """The settings a fine-tune or evaluation uses, in one line (the commands print it)."""
+    encoder = str(getattr(config, "encoder", "none"))
+    like = getattr(config, "like", None)
+    if like:
+        encoder += f" (mirroring {like})"
+    elif encoder == "none":
+        encoder += " (from scratch, stated defaults; --like RUN mirrors a run)"
+    parts = [f"encoder {encoder}", f"arch {config.arch}", f"image size {config.image_size} px"]
+    if job != "evaluate knn" and job != "evaluate linear":
+        epochs = config.max_epochs
+        parts += [f"{epochs} epoch{'' if epochs == 1 else 's'}", f"batch size {config.batch_size}", f"lr {config.lr:g}",
+                  f"weight decay {config.weight_decay:g}"]
+    parts += [f"label fraction {config.label_fraction:g}", f"seed {config.seed}"]
+    if getattr(config, "augment", None) is not None:
+        parts.append(f"augment [{', '.join(config.augment)}]")
+    if getattr(config, "precision", None):
+        parts.append(f"precision {config.precision}")
+    return f"{job} settings: " + ", ".join(parts)
+
+
+# -- what a finished run keeps ---------------------------------------------------------------
+
+
+def final_metrics(callback_metrics: Any) -> dict[str, float]:
+    """One value per metric: Lightning's ``x``, ``x_step`` and ``x_epoch`` become ``x``, the epoch's.
+
+    A metric logged per step and per epoch appears three times in
+    ``trainer.callback_metrics``; the epoch value (the mean over the last
+    epoch) is the one that describes the run.
+    """
+    scalars = {str(k): float(v) for k, v in dict(callback_metrics).items() if getattr(v, "numel", lambda: 1)() == 1}
+    metrics: dict[str, float] = {}
+    for name, value in scalars.items():
+        if name.endswith("_step"):
+            continue
+        if name.endswith("_epoch"):
+            metrics[name.removesuffix("_epoch")] = value
+        elif name + "_epoch" not in scalars:
+            metrics[name] = value
+    return dict(sorted(metrics.items()))
+
+
+def device_text(devices: Any) -> str:
+    """The device a run trains on, for ``config.yaml``: ``cpu`` or ``cuda (NVIDIA H100 ...) x N``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    count = torch.cuda.device_count() if devices in ("auto", -1) else (
+        len(devices) if isinstance(devices, list) else int(devices))
+    return f"cuda ({torch.cuda.get_device_name(0)}) x {count}"
+
+
+def finish_checkpoint(run_dir: Path, keep: bool) -> str:
+    """After a finished run: delete ``checkpoints/last.ckpt`` unless ``keep``.
+
+    Returns:
+        The line it logs (INFO) saying what happened, or ``""`` without a checkpoint.
+    """
+    from selfsup_core.training.trainer import CHECKPOINT_DIR, LAST_CHECKPOINT  # Lightning: only here
+
+    path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if not path.is_file():
+        return ""
+    if keep:
+        note = (f"checkpoint kept: {path} ({path.stat().st_size / 1e6:.1f} MB) is needed only to train this "
+                f"run further (--resume --max-epochs N); delete it otherwise, or pass --no-keep-checkpoint")
+    else:
+        path.unlink()
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
+        note = f"checkpoint deleted (--no-keep-checkpoint): {path}"
+    logger.info(note)
+    return note

@@ -1,44 +1,251 @@
-"""Building the Lightning trainer the same way for every job."""
+"""Building the Lightning trainer the same way for every job, and keeping its checkpoint.
+
+Every run keeps one checkpoint, ``checkpoints/last.ckpt``, rewritten
+atomically at the end of every epoch (and, if asked, every N steps or
+minutes), so a killed run loses at most that much. A non-finite loss or
+weight stops training before it can overwrite the last good checkpoint.
+SIGINT and SIGTERM finish the current step, save, and raise
+:class:`~selfsup_core.errors.RunInterrupted` (a second signal stops at once).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
-import tempfile
+import pickle
+import signal
+import threading
+import time
 import warnings
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from selfsup_core.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
+from selfsup_core.ioutil import atomic_write, disk_error
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file, then renames it into place.
 
-    An interrupted save leaves the previous checkpoint intact.
+    An interrupted save leaves the previous checkpoint intact; a full disk is
+    one :class:`~selfsup_core.errors.OutputError` naming the checkpoint.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+        atomic_write(path, lambda handle: torch.save(checkpoint, handle))
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    """Where a checkpoint stands: ``epochs_completed`` whole epochs, ``global_step`` optimiser steps."""
+
+    path: Path
+    epochs_completed: int
+    global_step: int
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointState:
+    """Check that ``path`` is a selfsup checkpoint and say how far it got.
+
+    Loads with ``weights_only=True``: a file that is not plain tensors and
+    values is refused, and nothing in it runs.
+
+    Raises:
+        CheckpointError: unreadable, not a checkpoint, or a pickle that asks to run code.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path} is not a selfsup checkpoint (refused to unpickle: "
+                              f"{_unpickling_reason(exc)}).") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt file can fail in many ways inside torch.load
+        reason = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
+        raise CheckpointError(f"{path} is not a selfsup checkpoint (cannot read it: {reason}).") from None
+    if not isinstance(state, dict) or not {"state_dict", "epoch", "global_step"} <= state.keys():
+        raise CheckpointError(f"{path} is not a selfsup checkpoint (no training state in it).")
+    own = state.get("selfsup")
+    if isinstance(own, dict) and isinstance(own.get("epochs_completed"), int):
+        epochs = own["epochs_completed"]
+    else:  # written before selfsup recorded it: Lightning's loop counters
         try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            epochs = int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+        except (KeyError, TypeError, ValueError):
+            epochs = int(state["epoch"])
+    return CheckpointState(path, epochs, int(state["global_step"]))
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """The useful line of torch's weights-only refusal (not its advice to load unsafely)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split())[:200] or type(exc).__name__
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM during training: the first asks to stop after the current step, a second stops at once."""
+
+    def __init__(self, resume_hint: str) -> None:
+        self.resume_hint = resume_hint
+        self.signum: int | None = None
+        self.last_saved: str = "no checkpoint was saved yet"
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise RunInterrupted(
+                f"stopped at once by a second {signal.Signals(signum).name}; {self.last_saved}. "
+                f"Resume with: {self.resume_hint}", 128 + signum)
+        self.signum = signum  # the training loop saves and stops at the end of this step
+
+    def install(self) -> dict[int, Any]:
+        """Handle the stop signals (main thread only); returns the handlers it replaced."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self._handle) for s in _STOP_SIGNALS}
+
+    @contextmanager
+    def handling(self) -> Iterator[None]:
+        previous = self.install()
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+class RunCheckpoint(Callback):
+    """Keeps ``checkpoints/last.ckpt`` up to date, checks for divergence, and stops on SIGINT/SIGTERM.
+
+    Saves at the end of every epoch (after validation) and, optionally, every
+    ``every_n_steps`` optimiser steps or ``every_minutes`` of training. Always
+    the same file, replaced atomically. Before each save the weights must be
+    finite; a non-finite loss (training) or validation loss raises
+    :class:`~selfsup_core.errors.DivergenceError` before it can be saved.
+
+    Args:
+        path: The checkpoint file.
+        resume_hint: The command that resumes the run, for messages.
+        every_n_steps: Also save every N optimiser steps (``None``: no).
+        every_minutes: Also save every so many minutes (``None``: no).
+    """
+
+    def __init__(self, path: Path, resume_hint: str, every_n_steps: int | None = None,
+                 every_minutes: float | None = None) -> None:
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.every_seconds = None if every_minutes is None else every_minutes * 60
+        self.stop = _StopRequest(resume_hint)
+        self._saved_step = -1
+        self._saved_at = time.monotonic()
+        self._epoch_end = False
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def _save(self, trainer: pl.Trainer, *, epoch_end: bool) -> None:
+        _check_finite_weights(trainer.lightning_module, trainer, self)
+        self._epoch_end = epoch_end
+        trainer.save_checkpoint(self.path, weights_only=False)  # optimiser, schedule and loops too
+        self._saved_step, self._saved_at = trainer.global_step, time.monotonic()
+        self.stop.last_saved = (f"the last checkpoint is {self.path} "
+                                f"({self._epochs_completed(trainer)} epoch(s), step {trainer.global_step})")
+
+    def _epochs_completed(self, trainer: pl.Trainer) -> int:
+        return trainer.current_epoch + (1 if self._epoch_end else 0)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint["selfsup"] = {"epochs_completed": self._epochs_completed(trainer),
+                                 "global_step": trainer.global_step}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._saved_at = time.monotonic()
+        self.stop.install()  # after Lightning's own SIGTERM handler: this one decides
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if self.stop.signum is not None:
+            self._save(trainer, epoch_end=False)
+            raise self._interrupted(trainer)
+        due = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0  # type: ignore[operator]
+        due = due or (self.every_seconds is not None and time.monotonic() - self._saved_at >= self.every_seconds)
+        if due and trainer.global_step != self._saved_step:
+            self._save(trainer, epoch_end=False)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, epoch_end=True)  # after validation: the epoch is complete
+        if self.stop.signum is not None:
+            raise self._interrupted(trainer)
+
+    def _interrupted(self, trainer: pl.Trainer) -> RunInterrupted:
+        assert self.stop.signum is not None
+        name = signal.Signals(self.stop.signum).name
+        return RunInterrupted(f"interrupted by {name}; checkpoint saved: {self.path} "
+                              f"({self._epochs_completed(trainer)} epoch(s), step {trainer.global_step}). "
+                              f"Resume with: {self.stop.resume_hint}", 128 + self.stop.signum)
+
+    # -- divergence -----------------------------------------------------------------------
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise self._diverged(trainer, pl_module, f"at step {trainer.global_step + 1}",
+                                 f"the training loss is {_number(loss)}")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        bad = {k: v for k, v in trainer.callback_metrics.items()
+               if k.endswith("loss") and v.numel() == 1 and not math.isfinite(float(v))}
+        if bad:
+            raise self._diverged(trainer, pl_module, f"in validation after step {trainer.global_step}",
+                                 ", ".join(f"{k} is {_number(v)}" for k, v in bad.items()))
+
+    def _diverged(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str,
+                  what: str) -> DivergenceError:
+        metrics = ", ".join(f"{k}={_number(v)}" for k, v in sorted(trainer.callback_metrics.items())
+                            if v.numel() == 1)
+        kept = (f"the last good checkpoint, {self.path}, is kept" if self.path.is_file()
+                else "no checkpoint was saved before it")
+        lr = pl_module.hparams.get("lr") if hasattr(pl_module, "hparams") else None
+        hint = f"lower --lr (it is {lr:g}) and start a new run" if isinstance(lr, float) else "lower --lr"
+        return DivergenceError(
+            f"training diverged {when} (epoch {trainer.current_epoch + 1}): {what}"
+            f"{f' (metrics: {metrics})' if metrics else ''}. Stopped; nothing was exported; {kept}. "
+            f"Try: {hint}.")
+
+
+def _number(value: Any) -> str:
+    value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def _check_finite_weights(module: pl.LightningModule, trainer: pl.Trainer, callback: RunCheckpoint) -> None:
+    """Refuse to checkpoint non-finite weights: the last good checkpoint stays."""
+    tensors = [t for t in module.state_dict().values() if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise callback._diverged(trainer, module, f"after step {trainer.global_step}",
+                                 "the weights are no longer finite")
 
 
 def default_accelerator() -> str:
@@ -62,19 +269,25 @@ def build_trainer(
     progress: bool = True,
     checkpoints: bool = True,
     monitor_val: bool = True,
+    resume_hint: str | None = None,
+    checkpoint_every_steps: int | None = None,
+    checkpoint_every_minutes: float | None = None,
 ) -> pl.Trainer:
     """A trainer that logs to CSV (and TensorBoard when installed) in ``run_dir``
-    and keeps ``checkpoints/last.ckpt`` up to date for ``--resume``."""
+    and keeps ``checkpoints/last.ckpt`` up to date for ``--resume`` (see :class:`RunCheckpoint`).
+
+    Run it with :func:`fit`, which adds the signal handling and the one-line disk errors.
+    """
     # Versioned log folders (logs/version_N): a resumed run adds one, never overwrites.
     loggers: list[Logger] = [CSVLogger(run_dir, name="logs")]
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", default_hp_metric=False))
     callbacks: list[pl.Callback] = []
     if checkpoints:
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, save_last=True, save_top_k=0))
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
-    warnings.filterwarnings("ignore", ".*The number of training batches .* is smaller than the logging interval.*")
+        callbacks.append(RunCheckpoint(
+            run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume_hint or f"--resume --out {run_dir}",
+            every_n_steps=checkpoint_every_steps, every_minutes=checkpoint_every_minutes))
+    # Lightning's known warnings are silenced by the jobs (selfsup_core.quiet), not here.
     return pl.Trainer(
         default_root_dir=run_dir,
         max_epochs=max_epochs,
@@ -84,13 +297,37 @@ def build_trainer(
         logger=loggers,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        enable_checkpointing=checkpoints,
+        enable_checkpointing=False,  # RunCheckpoint writes the one checkpoint
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=10,
         num_sanity_val_steps=0 if not monitor_val else 1,
         deterministic=False,
     )
+
+
+def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule, *,
+        run_dir: Path, ckpt_path: Path | None) -> None:
+    """``trainer.fit`` with SIGINT/SIGTERM handled (save, then :class:`RunInterrupted`) and one-line disk errors.
+
+    Raises:
+        RunInterrupted: a stop signal; ``checkpoints/last.ckpt`` holds the last finished step.
+        DivergenceError: a non-finite loss or weights; the last good checkpoint is kept.
+        OutputError: no space left on the device (or it turned read-only) while writing the run.
+    """
+    run_checkpoint = next((c for c in trainer.callbacks if isinstance(c, RunCheckpoint)), None)  # type: ignore[attr-defined]
+    stop = run_checkpoint.stop if run_checkpoint is not None else _StopRequest(f"--resume --out {run_dir}")
+    with stop.handling():
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:  # Lightning's own SIGTERM stop (outside the steps this module handles)
+            raise RunInterrupted(f"terminated by SIGTERM; {stop.last_saved}. Resume with: {stop.resume_hint}",
+                                 128 + signal.SIGTERM) from None
+        except OSError as exc:
+            error = disk_error(exc, exc.filename or run_dir)
+            if error is None:
+                raise
+            raise error from exc
 
 
 def compile_model(module: pl.LightningModule) -> None:
@@ -103,13 +340,33 @@ def compile_model(module: pl.LightningModule) -> None:
         getattr(module, name).compile()
 
 
-def resume_path(run_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from, or ``None`` for a fresh start."""
+def resume_path(run_dir: Path, resume: bool, *, max_epochs: int | None = None,
+                finished: Path | None = None) -> Path | None:
+    """The checkpoint to resume from, checked, or ``None`` for a fresh start.
+
+    Args:
+        run_dir: The run folder.
+        resume: Whether ``--resume`` was given.
+        max_epochs: The epochs the resumed run is to reach.
+        finished: A file that only a finished run has (its encoder or results).
+
+    Raises:
+        ConfigError: no checkpoint, or the run already finished ``max_epochs`` epochs.
+        CheckpointError: the checkpoint is unreadable or not selfsup's.
+    """
     if not resume:
         return None
     path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if not path.is_file() and finished is not None and finished.is_file():
+        raise ConfigError(f"--resume: {run_dir} is complete ({finished.name} written) and its checkpoint "
+                          f"was deleted, so it cannot be trained further; start a new run instead.")
     if not path.is_file():
-        from selfsup_core.errors import ConfigError
-
         raise ConfigError(f"--resume: no checkpoint at {path}; start a new run instead.")
+    state = read_checkpoint(path)
+    if max_epochs is not None and state.epochs_completed >= max_epochs and finished is not None \
+            and finished.is_file():
+        raise ConfigError(
+            f"{run_dir} is already complete: {state.epochs_completed} of {max_epochs} epochs trained "
+            f"and {finished.name} written. Give a larger --max-epochs to train it further.")
+    logger.info("resuming from %s: %d epoch(s), step %d", path, state.epochs_completed, state.global_step)
     return path

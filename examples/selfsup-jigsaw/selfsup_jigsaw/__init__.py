@@ -4,6 +4,10 @@ Each image is cut into four tiles, which are put back in one of the 24
 possible orders; the label is that order's index. Everything runs batch-wise
 on the device with plain tensor ops. Head, loss (cross-entropy) and accuracy
 come from :class:`~selfsup_core.task.ClassificationTask`.
+
+The package also contributes an augmentation, ``posterize`` (fewer bits per
+colour channel), usable by name wherever selfsup takes augmentations:
+``selfsup finetune --augment posterize``, crappify's ``degradations``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from selfsup_core import ClassificationTask, PretextBatch, TaskOptions, hookimpl
-from selfsup_core.options import option, within
+from selfsup_core import (
+    Augmentation,
+    AugmentationOptions,
+    ClassificationTask,
+    PretextBatch,
+    TaskOptions,
+    hookimpl,
+    range_option,
+)
+from selfsup_core.options import option, probability, within
 
 PERMUTATIONS = list(itertools.permutations(range(4)))
 
@@ -66,3 +78,39 @@ class JigsawTask(ClassificationTask):
 @hookimpl
 def selfsup_register_tasks() -> list[type[JigsawTask]]:
     return [JigsawTask]
+
+
+@dataclass(frozen=True)
+class PosterizeOptions(AugmentationOptions):
+    """Options of :class:`Posterize`."""
+
+    bits: tuple[int, int] = range_option((2, 5), low=1, high=8, help="bits kept per channel (min, max), 1 to 8")
+    p: float = option(0.5, check=probability, help="probability that an image is posterized")
+
+
+class Posterize(Augmentation):
+    """Keep the top ``bits`` bits of each 8-bit channel value, ``bits`` drawn per image.
+
+    Params: ``applied`` (bool) and ``bits`` (integer), one per image.
+    """
+
+    name = "posterize"
+    summary = "Keep 2-5 bits per colour channel (drawn per image), with probability p."
+    Options = PosterizeOptions
+    options: PosterizeOptions
+
+    def sample(self, images: Tensor) -> dict[str, Tensor]:
+        n, device = len(images), images.device
+        low, high = self.options.bits
+        return {"applied": torch.rand(n, device=device) < self.options.p,
+                "bits": torch.randint(low, high + 1, (n,), device=device)}
+
+    def apply(self, images: Tensor, params: dict[str, Tensor]) -> Tensor:
+        step = (2.0 ** (8 - params["bits"])).to(images.dtype)[:, None, None, None]  # 8-bit levels per bin
+        posterized = torch.floor(torch.round(images.clamp(0, 1) * 255) / step) * step / 255
+        return torch.where(params["applied"][:, None, None, None], posterized, images)
+
+
+@hookimpl
+def selfsup_register_augmentations() -> list[type[Posterize]]:
+    return [Posterize]

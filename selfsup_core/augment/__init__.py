@@ -1,0 +1,1 @@
+"""Batch-wise augmentations that record what they drew, contributed by plugins."""
