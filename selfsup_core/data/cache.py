@@ -60,6 +60,7 @@ from torch import Tensor
 from selfsup_core.data.decoded import (
     DecodedImages,
     assemble,
+    collect_decoded,
     decode_images,
     iter_decoded,
     no_image_decodes,
@@ -193,17 +194,7 @@ def load_decoded(
     if not cache:
         if decoder == "pil":
             return decode_images(image_list, size, num_workers, strict=strict)
-        images = torch.empty((len(image_list), 3, size, size), dtype=torch.uint8)
-        ok, failures = [], {}
-        for image, index, reason in _decoded(image_list, size, decoder, num_workers, strict):
-            if image is None:
-                failures[index] = reason or "does not decode"
-            else:
-                images[len(ok)] = image
-                ok.append(index)
-        if not ok:
-            raise no_image_decodes(image_list, failures)
-        return assemble(image_list, images[: len(ok)], ok, failures)
+        return collect_decoded(image_list, size, _decoded(image_list, size, decoder, num_workers, strict))
 
     root = _checked_cache_dir(cache_dir, image_list.root)
     key = cache_key(image_list, size, decoder)

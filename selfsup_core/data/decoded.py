@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +81,17 @@ def decode_images(image_list: ImageList, size: int, num_workers: int = 0,
     first one raises :class:`DataError`); if none decodes, :class:`DataError`
     is raised.
     """
+    return collect_decoded(image_list, size, iter_decoded(image_list, size, num_workers, strict))
+
+
+def collect_decoded(image_list: ImageList, size: int,
+                    decoded: Iterable[tuple[Tensor | None, int, str | None]]) -> DecodedImages:
+    """Gather ``(image, index, reason)`` results of any decoder into :class:`DecodedImages`;
+    ``None`` images become named skips."""
     images = torch.empty((len(image_list), 3, size, size), dtype=torch.uint8)
     ok: list[int] = []
     failures: dict[int, str] = {}
-    for image, index, reason in iter_decoded(image_list, size, num_workers, strict):
+    for image, index, reason in decoded:
         if image is None:
             failures[index] = reason or "does not decode"
         else:
