@@ -126,7 +126,10 @@ class ThreadGovernor:
     (after one step to settle), and the fastest is kept; it is measured again
     after ``first_hold_s`` seconds (doubling, up to ``max_hold_s``, while the
     choice stays the same), or at once when the recent steps drift more than
-    ``drift`` from what the probe measured.
+    ``drift`` from what the probe measured. A candidate whose step takes more
+    than ``reject`` times the best one's is dropped after that one step. What
+    a probe costs (its steps' time beyond the best count's) is kept below
+    ``budget`` of the training time: the next probe waits accordingly.
 
     Args:
         max_threads: The most threads to use (default: PyTorch's count, at
@@ -136,10 +139,12 @@ class ThreadGovernor:
 
     def __init__(self, max_threads: int | None = None, *, probe_steps: int = 3, warmup_steps: int = 1,
                  first_hold_s: float = 30.0, max_hold_s: float = 600.0, drift: float = 0.3,
-                 reject: float = 2.0, clock: Callable[[], float] = time.perf_counter) -> None:
+                 reject: float = 2.0, budget: float = 0.05,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.max_threads = max_threads or min(torch.get_num_threads(), available_cpus())
         self.candidates = sorted({self.max_threads, max(1, self.max_threads // 2), 1}, reverse=True)
         self.probe_steps, self.warmup, self.drift, self.reject = probe_steps, warmup_steps, drift, reject
+        self.budget = budget
         self.first_hold_s, self.max_hold_s = first_hold_s, max_hold_s
         self.clock = clock
         self.threads = self.max_threads
@@ -153,6 +158,8 @@ class ThreadGovernor:
         self._recent: list[float] = []
         self._reference = 0.0
         self._hold_until = 0.0
+        self._earliest = 0.0  # no probe before this, whatever drifts (the cost budget)
+        self._probe_time, self._probe_count = 0.0, 0
         self._apply(self.threads)
 
     def step(self, position: tuple[int, int]) -> None:
@@ -173,9 +180,12 @@ class ThreadGovernor:
             self._probe(duration, now)
             return
         self._recent = [*self._recent[-4:], duration]
-        drifted = (len(self._recent) == 5 and
-                   abs(statistics.median(self._recent) / self._reference - 1) > self.drift)
-        if now >= self._hold_until or drifted:
+        ratio = statistics.median(self._recent) / self._reference if len(self._recent) == 5 else 1.0
+        # Faster steps: the load went down, more threads may pay (and trying them is cheap).
+        # Slower steps on every core: fewer threads may pay (cheap to try too). Slower steps on
+        # fewer threads: more load, so more threads would only lose: wait for the next check.
+        cheap = ratio < 1 - self.drift or (ratio > 1 + self.drift and self.threads == self.max_threads)
+        if cheap or (now >= self._earliest and now >= self._hold_until):
             self._start_probe(now)
 
     def pause(self) -> None:
@@ -189,10 +199,13 @@ class ThreadGovernor:
         first = self.threads if self.history else 1
         self._probing = [first, *(c for c in self.candidates if c != first)]
         self._results, self._samples = {}, []
+        self._probe_time, self._probe_count = 0.0, 0
         self._settle = first != self.threads
         self._apply(first)
 
     def _probe(self, duration: float, now: float) -> None:
+        self._probe_time += duration
+        self._probe_count += 1
         best = min(self._results.values(), default=float("inf"))
         if duration > self.reject * best:  # far slower than a count already measured: no need to go on
             self._results[self._probing[0]] = duration
@@ -224,7 +237,9 @@ class ThreadGovernor:
                    "now on" if best != previous else "stays on", best, "s" if best > 1 else "", timings, self.hold_s)
         self._apply(best)
         self._reference, self._recent = self._results[best], []
-        self._hold_until = now + self.hold_s
+        excess = max(0.0, self._probe_time - self._probe_count * self._results[best])
+        self._earliest = now + excess / self.budget
+        self._hold_until = max(now + self.hold_s, self._earliest)
 
     def _apply(self, threads: int) -> None:
         self.threads = threads

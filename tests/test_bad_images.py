@@ -286,7 +286,8 @@ def test_the_pixel_budget_can_be_raised(tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_huge_jpeg_decodes_in_little_memory(tmp_path: Path) -> None:
     """A 12,000 x 12,000 JPEG (432 MB as RGB) decodes at 1/8 scale: its peak memory stays small."""
     path = tmp_path / "huge.jpg"
-    make = f"from PIL import Image; Image.effect_noise((12000, 12000), 40).convert('RGB').save({str(path)!r}, quality=50)"
+    make = ("from PIL import Image; "
+            f"Image.effect_noise((12000, 12000), 40).convert('RGB').save({str(path)!r}, quality=50)")
     subprocess.run([sys.executable, "-c", make], check=True)
     measure = textwrap.dedent(f"""
         import resource

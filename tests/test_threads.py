@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from selfsup_core.errors import ConfigError
@@ -120,3 +121,44 @@ def test_available_cpus_counts_the_affinity_and_the_quota(monkeypatch: pytest.Mo
     assert available_cpus() == 2
     monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: 0.2)
     assert available_cpus() == 1
+
+
+class _Tiny(pl.LightningModule):
+    """A linear classifier on 8 x 8 images that records the thread count of each step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3 * 8 * 8, 4)
+        self.threads: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        self.threads.append(torch.get_num_threads())
+        return torch.nn.functional.cross_entropy(self.layer(images.float().flatten(1)), labels)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("setting", ["1", "auto"])
+def test_the_data_module_sets_the_threads_of_cpu_training_and_restores_them(
+    monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    from selfsup_core.data.datamodule import ImageDataModule
+    from selfsup_core.data.decoded import DecodedImages
+
+    monkeypatch.setenv("SELFSUP_CPU_THREADS", setting)
+    torch.set_num_threads(2)
+    data = DecodedImages(torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8), torch.arange(64) % 4)
+    module = ImageDataModule(data, batch_size=8)
+    model = _Tiny()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=module)
+    assert len(model.threads) == 16
+    if setting == "1":
+        assert set(model.threads) == {1}
+    else:
+        assert module._governor is None  # dropped at the end of training
+        assert set(model.threads) <= {1, 2}
+    assert torch.get_num_threads() == 2  # given back
