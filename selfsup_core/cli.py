@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -98,6 +99,9 @@ BENCHMARKS: dict[str, Command] = {
                           "selfsup_core.bench.throughput:run"),
     "eval": Command(settings.BenchEvalConfig, "pretrain, evaluate and compare against a random encoder",
                     "selfsup_core.bench.eval:run", _bench_eval_flags, exclude=("task_options", "task_epochs")),
+    "gpu": Command(settings.BenchGpuConfig, "every GPU measurement in one run: tasks, throughput, nvjpeg, data "
+                                            "on device, bf16 and compile, each against its counterpart",
+                   "selfsup_core.bench.gpu:run"),
 }
 
 
@@ -180,8 +184,9 @@ def run_pretrain(config: settings.PretrainConfig) -> int:
     from selfsup_core.training.pretraining import pretrain
 
     result = pretrain(config)
-    _report(result.metrics, f"encoder: {result.encoder_path}", result.seconds)
-    print("\n".join(next_steps(config.data, result.run_dir, result.encoder_path)))
+    if result.primary:  # one report per run, not one per process
+        _report(result.metrics, f"encoder: {result.encoder_path}", result.seconds)
+        print("\n".join(next_steps(config.data, result.run_dir, result.encoder_path)))
     return 0
 
 
@@ -209,6 +214,8 @@ def run_finetune(config: settings.FinetuneConfig) -> int:
     from selfsup_core.training.finetuning import finetune
 
     outcome = finetune(config)
+    if not outcome.primary:  # one report per run, not one per process
+        return 0
     print(f"val accuracy (final epoch): {outcome.val_acc:.4f}")
     print(f"val accuracy (best epoch, optimistic): {outcome.best_val_acc:.4f}")
     print(f"trained on {outcome.train_images} labelled images in {outcome.seconds:.1f} s; "
@@ -222,7 +229,9 @@ def run_evaluate(config: settings.EvaluateConfig) -> int:
 
     from selfsup_core.evaluation.protocols import evaluate
 
-    print(json.dumps(evaluate(config).as_dict()))
+    result = evaluate(config)
+    if result.primary:  # one line per evaluation, not one per process
+        print(json.dumps(result.as_dict()))
     return 0
 
 
@@ -313,9 +322,20 @@ def _configure_logging(verbose: bool) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s") if verbose
                          else _PlainFormatter("%(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
-    logging.getLogger("selfsup_core").setLevel(logging.INFO)
+    # The other processes of a multi-process run would repeat every line: they only warn.
+    logging.getLogger("selfsup_core").setLevel(logging.INFO if launched_rank() == 0 else logging.WARNING)
     # -v: a broken plugin's traceback (logged at DEBUG) shows its author file:line.
     logging.getLogger("selfsup_core.plugin").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+
+
+def launched_rank() -> int:
+    """This process's global rank as its launcher set it (torchrun, SLURM, Lightning's own launcher),
+    readable before any process group exists; 0 when started alone."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):  # the order Lightning reads them in
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, host: PluginHost | None = None) -> int:

@@ -56,8 +56,27 @@ def _devices(name: str, value: int | str | list[int]) -> int | str | list[int]:
     return value
 
 
+def _strategy(name: str, value: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a Lightning strategy name such as ddp or auto, got {value!r}")
+    return value.strip()
+
+
 @dataclass(frozen=True)
-class RunConfig(Options):
+class ParallelOptions(Options):
+    """How many processes a job runs in: Lightning's devices, nodes and strategy (docs/index.md,
+    "Multi-GPU and multi-node")."""
+
+    devices: int | str | list[int] = option(1, check=_devices,
+                                            help="Lightning devices per node: a count, a list of ids, or auto "
+                                                 "(every GPU); more than one runs one process each")
+    num_nodes: int = option(1, help="machines working together (each runs --devices processes)", check=_ONE)
+    strategy: str = option("auto", check=_strategy,
+                           help="Lightning strategy, e.g. ddp; auto is ddp when more than one process runs")
+
+
+@dataclass(frozen=True)
+class RunConfig(ParallelOptions):
     """Settings every training job shares (``pretrain`` and ``finetune``)."""
 
     data: str | None = option(None, help="image folder", default_text="the built-in glyphs, no download",
@@ -75,8 +94,6 @@ class RunConfig(Options):
     seed: int = option(0, help="seed of the split, the subsets, the weights and the augmentations")
     num_workers: int | None = option(None, help="image decoding processes", check=_ZERO,
                                      default_text="0 for the built-in data, else min(4, CPUs)")
-    devices: int | str | list[int] = option("auto", check=_devices,
-                                            help="Lightning devices: a count, a list of ids or auto")
     precision: str | None = option(None, convert=lambda v: str(v) if isinstance(v, int) else v,
                                    check=_precision,
                                    help="Lightning precision, e.g. 32-true or bf16-mixed "
@@ -158,7 +175,7 @@ class FinetuneConfig(RunConfig):
 
 
 @dataclass(frozen=True)
-class EvaluateConfig(Options):
+class EvaluateConfig(ParallelOptions):
     """``selfsup evaluate`` settings."""
 
     encoder: str | None = option(None, help="encoder.safetensors from pretrain, or none (random init)",
@@ -306,6 +323,40 @@ class BenchEvalConfig(Options):
         for name in (*self.task_options, *self.task_epochs):
             if name not in names:
                 raise ValueError(f"settings given for task {name!r}, which is not in tasks ({', '.join(names)})")
+
+
+@dataclass(frozen=True)
+class BenchGpuConfig(Options):
+    """``selfsup bench gpu`` settings: every GPU measurement in one run, sized to a time budget."""
+
+    data: str | None = option(None, help="Imagenette root (its train/ is read) or any image folder",
+                              default_text=f"${IMAGENETTE_ENV}", metavar="DIR")
+    device: str | None = option(None, help="cuda, or cpu for a smoke test at tiny sizes (GPU-only parts skipped)",
+                                default_text="cuda; an error without a GPU")
+    budget_minutes: float = option(10.0, help="wall time the whole run must fit in: sizes the steps and the "
+                                              "nvjpeg decode subset; a section is skipped once it is spent",
+                                   check=positive)
+    image_size: int = option(128, help="square size of the throughput and comparison sections", check=_ONE)
+    tasks_image_size: int = option(224, help="square size of the tasks section", check=_ONE)
+    batch_size: int = option(256, help="images per batch, every section", check=_ONE)
+    arch: str = option("resnet34", help="encoder of the throughput and comparison sections")
+    tasks_arch: str = option("resnet18", help="encoder of the tasks section")
+    tasks: str = option("*", help="shell pattern of the task names the tasks section times")
+    task: str = option("rotation", help="pretext task of the throughput and comparison sections")
+    steps: int | None = option(None, help="timed steps per measurement (tasks section: timed calls); fixed "
+                                          "steps leave the budget only the skipping", check=_ONE,
+                               default_text="what fits the budget, at most 20")
+    repeats: int = option(3, help="interleaved repetitions of each measurement; medians are reported", check=_ONE)
+    warmup: int = option(2, help="untimed steps before each measurement", check=_ZERO)
+    num_workers: int | None = option(None, help="loader and PIL decoding processes", check=_ZERO,
+                                     default_text="min(4, CPUs)")
+    limit: int | None = option(None, help="use a seeded, class-stratified subset of N images", check=_ONE,
+                               default_text="all images")
+    threads: int | None = option(None, help="intra-op CPU threads of the main process", check=_ONE,
+                                 default_text="PyTorch's choice")
+    seed: int = option(0, help="seed of the subsets and the shuffling")
+    out: str | None = option(None, help="report folder: bench_gpu.md and bench_gpu.jsonl",
+                             default_text="a new folder in runs/", metavar="DIR")
 
 
 # -- reading and resolving -------------------------------------------------------------------

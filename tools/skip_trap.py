@@ -81,7 +81,7 @@ def run_row(name: str, args: argparse.Namespace) -> str:
         head.eval()
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(VAL_SEED)
-            held_out = pretext_step(task, encoder, head, val.images[:256].float() / 255, normalizer)
+            held_out = pretext_step(task, encoder, head, val.take(slice(0, 256)).float() / 255, normalizer)
         m = {k: float(v) for k, v in held_out.metrics.items()}
         if "psnr_masked" in m:
             restoration = (f"masked {m['psnr_masked_input']:.2f} -> {m['psnr_masked']:.2f}; "

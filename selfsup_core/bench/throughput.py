@@ -182,7 +182,7 @@ class _Bench:
             if a.cache_dir is None:
                 # The open mapping keeps the data readable after the files go.
                 shutil.rmtree(cache_dir, ignore_errors=True)
-        self.images = decoded.images
+        self.images = decoded.images  # a whole data set (not a view): the memory map itself, no copy
         return {"kind": "cache", "images": len(decoded), "skipped": len(decoded.skipped),
                 "first_call_s": round(first, 3), "images_per_s": round(len(image_list) / first, 1),
                 "hit_s": round(hit, 4), "fresh": a.cache_dir is None}

@@ -17,7 +17,10 @@ and so a new entry. Each entry is a folder::
         COMPLETE     # written last: counts, array size, checksums; its mtime is "last used"
 
 It is built in a temporary sibling folder and published with one atomic
-rename, so readers see a whole entry or none. The array is written with
+rename, so readers see a whole entry or none. Builders of one entry take
+turns on an exclusive lock (``<entry>.build-lock`` beside it, removed when
+done): ranks that torchrun starts together on one machine all miss at once,
+one decodes and the others wait, then map its entry. The array is written with
 ``os.write`` into space reserved up front (``posix_fallocate``), so a full
 disk is an ordinary ``OSError``: the half-built entry is removed at once and
 the images are decoded into memory instead. Every chunk of the array (about
@@ -47,9 +50,11 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -87,6 +92,7 @@ DECODERS: dict[str, str] = {
 }
 
 _ARRAY, _META, _MARKER, _LOCK = "images.u8", "meta.json", "COMPLETE", ".lock"
+_BUILD_LOCK = ".build-lock"  # suffix of the lock file beside an entry that builders take turns on
 _CHUNK_BYTES = 4 << 20  # one CRC-32 per chunk of about this many bytes (whole images)
 _LEFTOVER_AGE_S = 3600  # a temporary folder without an owner lock (an older version's), this old, is dead
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
@@ -204,7 +210,7 @@ def load_decoded(
         logger.info("decode cache hit: %s (%d images)", entry, len(loaded))
         return loaded
     try:
-        return _build_entry(entry, key, image_list, size, decoder, num_workers, strict)
+        return _build_once(entry, key, image_list, size, decoder, num_workers, strict)
     except OSError as exc:  # a read-only or full cache folder must not stop the run
         reason = exc.strerror or str(exc)
         hint = (f"free some space, lower {MAX_GB_ENV}, or set {CACHE_DIR_ENV} to another folder"
@@ -340,6 +346,112 @@ def _touch(path: Path) -> None:
 
 
 # -- building ----------------------------------------------------------------------
+
+
+def _build_once(
+    entry: Path, key: str, image_list: ImageList, size: int, decoder: str, num_workers: int,
+    strict: bool = False,
+) -> DecodedImages:
+    """Build ``entry`` holding its build lock, unless another process built it while this one waited.
+
+    Without a lock (a read-only cache folder) it builds anyway; the atomic
+    publish keeps concurrent builds safe, only slower.
+    """
+    with _build_lock(entry) as locked:
+        if locked:  # whoever held the lock before us may have built it
+            loaded = _open_entry(entry, key, image_list, size, strict)
+            if loaded is not None:
+                logger.info("decode cache hit: %s (%d images, built by another process)", entry, len(loaded))
+                return loaded
+        return _build_entry(entry, key, image_list, size, decoder, num_workers, strict)
+
+
+_held = threading.local()  # the entries whose build lock this thread holds
+
+
+@contextmanager
+def _build_lock(entry: Path) -> Iterator[bool]:
+    """Hold ``entry``'s build lock for the block; yields False when none can be had.
+
+    Re-entrant within a thread (a second ``flock`` of its own would wait
+    forever). Waiting is logged at INFO.
+
+    Example:
+        >>> with _build_lock(Path("/tmp/cache/decoded/photos-64px-pil-0123")) as locked:  # doctest: +SKIP
+        ...     locked
+        True
+    """
+    held: set[Path] = _held.__dict__.setdefault("entries", set())
+    if entry in held:
+        yield True
+        return
+    path = entry.with_name(entry.name + _BUILD_LOCK)
+    handle = _acquire(path, entry)
+    if handle is None:
+        yield False
+        return
+    held.add(entry)
+    try:
+        yield True
+    finally:
+        held.discard(entry)
+        _release(path, handle)
+
+
+def _acquire(path: Path, entry: Path) -> IO[bytes] | None:
+    """An open ``path`` holding its exclusive ``flock``; ``None`` when it cannot be created or locked.
+
+    The holder removes the file when done, so a waiter that wakes up holding
+    a removed file opens the new one and waits again.
+    """
+    waited = False
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "ab")  # noqa: SIM115 - held until _release
+        except OSError as exc:
+            logger.debug("cannot create the build lock %s (%s): building without it", path, exc.strerror or exc)
+            return None
+        try:
+            waited = _lock(handle, entry, waited)
+        except OSError as exc:  # a file system without locks
+            handle.close()
+            logger.debug("cannot lock %s (%s): building without it", path, exc.strerror or exc)
+            return None
+        if _same_file(handle, path):
+            return handle
+        handle.close()
+
+
+def _lock(handle: IO[bytes], entry: Path, waited: bool) -> bool:
+    """Take an exclusive ``flock`` on ``handle``, saying (once) when another process holds it; whether it waited."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return waited
+    except BlockingIOError:
+        if not waited:
+            logger.info("waiting for another process building the decode cache entry %s", entry)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return True
+
+
+def _same_file(handle: IO[bytes], path: Path) -> bool:
+    """Whether ``path`` still names the file ``handle`` has open (its holder removes it when done)."""
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _release(path: Path, handle: IO[bytes]) -> None:
+    """Remove the lock file, then unlock: waiters on it retry on a fresh one, so none is left behind."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # left behind: harmless, the next builder locks it again
+    handle.close()
 
 
 def _build_entry(

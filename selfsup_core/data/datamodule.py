@@ -8,9 +8,8 @@ reaches the device (``on_after_batch_transfer`` in the modules).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +28,42 @@ NO_LABEL = -1
 
 
 class BatchedImages(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
-    """Index a decoded data set a whole batch at a time (``__getitems__``)."""
+    """Index a decoded data set (or a view of one) a whole batch at a time (``__getitems__``).
+
+    Images are read with :meth:`DecodedImages.take`: one gather per batch from
+    the backing storage, so a view of a memory-mapped cache is never copied whole.
+
+    Example:
+        >>> data = DecodedImages(torch.zeros(8, 3, 4, 4, dtype=torch.uint8), None).subset([1, 5, 7])
+        >>> images, labels = BatchedImages(data).__getitems__([2, 0])
+        >>> tuple(images.shape), labels.tolist()
+        ((2, 3, 4, 4), [-1, -1])
+    """
 
     def __init__(self, data: DecodedImages) -> None:
-        self.images = data.images
-        n = len(data.images)
-        missing = torch.full((n,), NO_LABEL, device=data.images.device)
+        self.data = data
+        missing = torch.full((len(data),), NO_LABEL, device=data.device)
         self.labels = data.labels if data.labels is not None else missing
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index], self.labels[index]
+        return self.data.take(index), self.labels[index]
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         # One gather per batch instead of one tensor per image plus a collate.
-        index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
-        with one_cpu_thread(self.images.device):
-            return self.images[index], self.labels[index]
+        index = torch.as_tensor(indices, dtype=torch.long)
+        with one_cpu_thread(self.data.device):
+            return self.data.take(index), self.labels[index.to(self.labels.device)]
 
 
 def _keep_on_device(data: DecodedImages, device: torch.device, wanted: bool | None) -> bool:
+    """Whether to copy ``data`` to ``device``: as ``wanted``, else when its images fit a quarter of the free memory."""
     if wanted is not None:
         return wanted
     free, _ = torch.cuda.mem_get_info(device)
-    return data.images.numel() < free // 4
+    return len(data) * data.image_bytes < free // 4  # what a copy would hold: a view's images only
 
 
 def _keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -121,25 +130,46 @@ class ImageDataModule(pl.LightningDataModule):
         if device.type != "cuda" or not _keep_on_device(data, device, self.on_device):
             return data
         if id(data) not in self._resident:
-            labels = None if data.labels is None else data.labels.to(device)
-            self._resident[id(data)] = dataclasses.replace(data, images=data.images.to(device), labels=labels)
+            self._resident[id(data)] = data.to(device)  # chunk by chunk: no full copy in RAM first
         return self._resident[id(data)]
 
     def _loader(self, data: DecodedImages, shuffle: bool) -> torch.utils.data.DataLoader:
         data = self._placed(data)
-        on_device = data.images.device.type != "cpu"
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        on_device = data.device.type != "cpu"
+        dataset = BatchedImages(data)
+        sampler = self._sampler(len(dataset), shuffle)
+        share = len(sampler) if sampler is not None else len(dataset)
+        generator = torch.Generator().manual_seed(self.seed) if shuffle and sampler is None else None
         return torch.utils.data.DataLoader(
-            BatchedImages(data),
-            batch_size=min(self.batch_size, len(data)),
-            shuffle=shuffle,
+            dataset,
+            batch_size=min(self.batch_size, share),
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             generator=generator,
             # Keep full batches in training (BatchNorm dislikes a batch of 1).
-            drop_last=shuffle and len(data) > self.batch_size,
+            drop_last=shuffle and share > self.batch_size,
             num_workers=0 if on_device else self.num_workers,
             collate_fn=_keep_batch,
             persistent_workers=self.num_workers > 0 and not on_device,
         )
+
+    def _sampler(self, n: int, shuffle: bool) -> torch.utils.data.Sampler[int] | None:
+        """This process's share of ``n`` images when several train together; ``None`` alone.
+
+        Training: a fresh seeded shuffle every epoch (Lightning calls
+        ``set_epoch``), cut into equal, disjoint shards, one per process (up
+        to ``processes - 1`` images sit out each epoch, so every process runs
+        the same number of steps). Validation: every image exactly once, the
+        shards differing in size by at most one.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        if shuffle:
+            return torch.utils.data.DistributedSampler(
+                range(n), num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True, seed=self.seed,
+                drop_last=True)
+        return ShardSampler(n, trainer.world_size, trainer.global_rank)
 
     def teardown(self, stage: str) -> None:
         """At the end of training, name the files left out once more (the log's first lines are long gone)."""
@@ -166,6 +196,24 @@ class ImageDataModule(pl.LightningDataModule):
         if self.val_data is None or len(self.val_data) == 0:
             return []
         return self._loader(self.val_data, shuffle=False)
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """Positions ``rank, rank + processes, ...`` of ``n``: together the processes see each exactly once.
+
+    Example:
+        >>> list(ShardSampler(5, processes=2, rank=1))
+        [1, 3]
+    """
+
+    def __init__(self, n: int, processes: int, rank: int) -> None:
+        self.n, self.processes, self.rank = n, processes, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.processes))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.processes))
 
 
 def _common_parts(paths: list[Path]) -> tuple[str, ...]:

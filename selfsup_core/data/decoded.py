@@ -17,31 +17,83 @@ from selfsup_core.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 
+Index = Tensor | Sequence[int] | slice | int
+"""Positions within a data set: a LongTensor, a sequence, a slice or one int."""
+
+_TO_CHUNK = 1024  # images copied per step in DecodedImages.to: never a full extra copy
+
+
 @dataclass
 class DecodedImages:
-    """A whole data set decoded to memory.
+    """A whole data set of decoded images, or an index view of one.
+
+    A view (``rows`` set) shares ``storage`` with the data set it came from:
+    :meth:`subset` never copies images, so splits and label fractions of a
+    memory-mapped cache larger than RAM cost only their index. Read images
+    with :meth:`take` (one batch at a time) or :meth:`to`.
 
     Attributes:
-        images: ``(N, 3, S, S)`` uint8.
-        labels: ``(N,)`` int64 class indices, or ``None``.
+        storage: ``(M, 3, S, S)`` uint8, the full backing array (for example
+            the decode cache's memory map); shared by every view.
+        labels: ``(N,)`` int64 class indices of this data set's images, or ``None``.
         classes: Class names (class folders with at least one decoded image).
-        skipped: Files that were not used (already left out of ``images``):
+        skipped: Files that were not used (already left out of ``storage``):
             those the scan could not use, then those that did not decode.
         skip_reasons: Why, one per entry of ``skipped``.
+        rows: ``(N,)`` positions into ``storage`` of this data set's images,
+            in order; ``None``: all of ``storage``.
+
+    Example:
+        >>> data = DecodedImages(torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 3, 2, 2), None)
+        >>> view = data.subset([3, 1])
+        >>> len(view), view.take(slice(None))[:, 0, 0, 0].tolist()
+        (2, [3, 1])
     """
 
-    images: Tensor
+    storage: Tensor
     labels: Tensor | None
     classes: tuple[str, ...] = ()
     skipped: tuple[Path, ...] = ()
     skip_reasons: tuple[str, ...] = ()
+    rows: Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.storage) if self.rows is None else len(self.rows)
 
     @property
     def image_size(self) -> int:
-        return int(self.images.shape[-1])
+        return int(self.storage.shape[-1])
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of one image.
+
+        Example:
+            >>> DecodedImages(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), None).image_bytes
+            192
+        """
+        return self.storage[0].numel() * self.storage.element_size() if len(self.storage) else 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where the images are (``storage``'s device)."""
+        return self.storage.device
+
+    @property
+    def images(self) -> Tensor:
+        """This data set's images as one ``(N, 3, S, S)`` tensor.
+
+        ``storage`` itself (no copy) when this is a whole data set; for a
+        view (``rows`` set) a **copy of every selected image** in RAM, which
+        a view of data larger than RAM cannot afford: library code reads
+        views with :meth:`take` or :meth:`to` instead.
+
+        Example:
+            >>> data = DecodedImages(torch.zeros(3, 3, 2, 2, dtype=torch.uint8), None)
+            >>> data.images is data.storage, tuple(data.subset([0]).images.shape)
+            (True, (1, 3, 2, 2))
+        """
+        return self.storage if self.rows is None else self.take(slice(None))
 
     @property
     def skipped_files(self) -> tuple[Skipped, ...]:
@@ -49,11 +101,61 @@ class DecodedImages:
         reasons = self.skip_reasons or ("not used",) * len(self.skipped)
         return tuple(Skipped(path, reason) for path, reason in zip(self.skipped, reasons))
 
+    def take(self, index: Index) -> Tensor:
+        """The uint8 images at positions ``index`` of this data set, gathered into a new tensor.
+
+        Copies those images only (a batch), never the rest of ``storage``.
+
+        Example:
+            >>> data = DecodedImages(torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1), None)
+            >>> data.subset([4, 2, 0]).take(torch.tensor([2, 0]))[:, 0, 0, 0].tolist()
+            [0, 4]
+        """
+        if self.rows is None:
+            if isinstance(index, slice):
+                return self.storage[index].clone()  # a slice is a view: copy it, like a gather
+            return self.storage[self._on(self.storage, index)]
+        return self.storage[self._on(self.storage, self.rows[self._on(self.rows, index)])]
+
+    @staticmethod
+    def _on(target: Tensor, index: Index) -> Tensor | slice | int:
+        """``index`` ready to index ``target``: a LongTensor on its device (slices and ints as they are)."""
+        if isinstance(index, (slice, int)):
+            return index
+        return torch.as_tensor(index, dtype=torch.long).to(target.device)
+
     def subset(self, indices: Tensor | Sequence[int]) -> DecodedImages:
-        """The images at ``indices``, in that order."""
+        """A view of the images at ``indices``, in that order: no image is copied.
+
+        Example:
+            >>> data = DecodedImages(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10))
+            >>> view = data.subset([8, 9]).subset([1])
+            >>> view.rows.tolist(), view.labels.tolist(), view.storage is data.storage
+            ([9], [9], True)
+        """
         index = torch.as_tensor(indices, dtype=torch.long)
-        labels = None if self.labels is None else self.labels[index]
-        return dataclasses.replace(self, images=self.images[index], labels=labels)
+        rows = index if self.rows is None else self.rows[index]
+        labels = None if self.labels is None else self.labels[index.to(self.labels.device)]
+        return dataclasses.replace(self, rows=rows.cpu(), labels=labels)
+
+    def to(self, device: torch.device | str) -> DecodedImages:
+        """A copy of this data set's images (and labels) on ``device``, as a whole data set.
+
+        Filled :data:`_TO_CHUNK` images at a time, so no full copy is made in
+        RAM on the way to an accelerator. Always copies, even to the same device.
+
+        Example:
+            >>> data = DecodedImages(torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1), torch.arange(6))
+            >>> moved = data.subset([5, 0]).to("cpu")
+            >>> moved.rows, moved.storage[:, 0, 0, 0].tolist(), moved.labels.tolist()
+            (None, [5, 0], [5, 0])
+        """
+        device = torch.device(device)
+        out = torch.empty((len(self), *self.storage.shape[1:]), dtype=self.storage.dtype, device=device)
+        for start in range(0, len(self), _TO_CHUNK):
+            out[start:start + _TO_CHUNK] = self.take(slice(start, start + _TO_CHUNK))
+        labels = None if self.labels is None else self.labels.to(device)
+        return dataclasses.replace(self, storage=out, labels=labels, rows=None)
 
 
 def iter_decoded(image_list: ImageList, size: int, num_workers: int = 0,

@@ -28,12 +28,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from selfsup_core.config import EvaluateConfig, FinetuneConfig, resolve_defaults
+from selfsup_core.config import EvaluateConfig, FinetuneConfig, ParallelOptions, resolve_defaults
 from selfsup_core.data.decoded import DecodedImages, label_subset
 from selfsup_core.data.sources import Split, load_split
 from selfsup_core.errors import ConfigError, DataError
@@ -47,6 +47,9 @@ from selfsup_core.plugin.host import PluginHost
 from selfsup_core.quiet import quiet_job
 from selfsup_core.tasks.metrics import top1
 from selfsup_core.training.runs import apply_like, new_run_dir, settings_line
+
+if TYPE_CHECKING:
+    from lightning_fabric import Fabric
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ class EvalResult:
         top1: Validation top-1 (for trained protocols, of the final epoch).
         seconds: Wall time of the evaluation, feature extraction included.
         details: Protocol settings and extra measurements.
+        primary: False in the other processes of a multi-process evaluation
+            (they write and print nothing).
     """
 
     protocol: str
@@ -81,11 +86,13 @@ class EvalResult:
     top1: float
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+    primary: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for one JSON line, details flattened in."""
         plain = dataclasses.asdict(self)
         details = plain.pop("details")
+        del plain["primary"]
         return {**plain, **details}
 
 
@@ -158,6 +165,7 @@ def frozen_protocols(
     temperature: float = KNN_TEMPERATURE,
     probe_steps: int = PROBE_STEPS,
     batch_size: int = 256,
+    processes: Fabric | None = None,
 ) -> list[EvalResult]:
     """Run the frozen-feature protocols, computing the features once for all.
 
@@ -167,6 +175,9 @@ def frozen_protocols(
         val: Labelled validation images.
         protocols: Any of ``knn`` and ``linear``.
         label_fraction: Use a seeded, class-balanced share of ``train``.
+        processes: A launched Lightning ``Fabric`` of several processes: they
+            share the feature extraction, and each gets every feature (the
+            kNN vote and the probe then run alike in each).
 
     Returns:
         One :class:`EvalResult` per protocol; ``seconds`` includes the
@@ -180,10 +191,10 @@ def frozen_protocols(
     assert labelled.labels is not None
     num_classes = max(len(train.classes), int(labelled.labels.max()) + 1, int(val.labels.max()) + 1)
     started = time.perf_counter()
-    bank = extract_features(encoder.module, labelled.images, mean=encoder.mean, std=encoder.std,
-                            batch_size=batch_size)
-    queries = extract_features(encoder.module, val.images, mean=encoder.mean, std=encoder.std,
-                               batch_size=batch_size)
+    bank = extract_features(encoder.module, labelled, mean=encoder.mean, std=encoder.std,
+                            batch_size=batch_size, processes=processes)
+    queries = extract_features(encoder.module, val, mean=encoder.mean, std=encoder.std,
+                               batch_size=batch_size, processes=processes)
     feature_seconds = time.perf_counter() - started
     common = {"encoder": encoder.name, "task": encoder.task, "arch": encoder.arch,
               "image_size": train.image_size, "label_fraction": label_fraction, "seed": seed}
@@ -246,14 +257,19 @@ def evaluate(
     run_dir = Path(out) if out is not None else new_run_dir(f"evaluate-{protocol}")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a folder.")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Fine-tuning starts its own processes (Lightning's trainer); the frozen protocols start them here.
+    processes = None if protocol == "finetune" else launch_processes(config)
+    primary = processes is None or processes.is_global_zero
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if protocol == "finetune":
         result = _finetune_protocol(encoder, arch=arch, data=data, val_data=val_data,
                                     label_fraction=label_fraction, max_epochs=config.max_epochs, seed=seed,
                                     image_size=image_size, batch_size=batch_size, limit=limit,
                                     run_dir=run_dir, progress=config.progress, host=host, like=config.like,
-                                    strict=config.strict)
+                                    strict=config.strict, parallel=config)
+        primary = result.primary
     else:
         loaded = open_encoder(encoder, arch, seed, host=host)
         settings = resolve_defaults(FinetuneConfig(data=data, image_size=image_size or loaded.image_size,
@@ -263,24 +279,54 @@ def evaluate(
         logger.info(settings_line(config.replace(arch=loaded.arch, image_size=settings.image_size),
                                   f"evaluate {protocol}"))
         split = labelled_split(data, val_data, settings.image_size, limit=limit, seed=seed,
-                               num_workers=settings.num_workers, strict=config.strict, report_to=run_dir)
+                               num_workers=settings.num_workers, strict=config.strict,
+                               report_to=run_dir if primary else None)
         assert split.val is not None
         (result,) = frozen_protocols(loaded, split.train, split.val, (protocol,),
                                      label_fraction=label_fraction, seed=seed,
-                                     batch_size=max(256, settings.batch_size or 0))
+                                     batch_size=max(256, settings.batch_size or 0), processes=processes)
         result.details["data"] = split.source
+        result.details["processes"] = 1 if processes is None else processes.world_size
+        result.primary = primary
     if config.like:
         result.details["like"] = str(config.like)
     result.seconds = time.perf_counter() - started
-    append_result(run_dir / RESULTS_NAME, result)
+    if primary:  # one line per evaluation, however many processes computed it
+        append_result(run_dir / RESULTS_NAME, result)
     return result
+
+
+def launch_processes(config: ParallelOptions) -> Fabric | None:
+    """Start the processes ``--devices``, ``--num-nodes`` and ``--strategy`` ask for, as Lightning does
+    (its own launcher runs this command again; under torchrun or SLURM they exist already).
+
+    Returns:
+        The launched ``Fabric``, or ``None`` for one process.
+
+    Raises:
+        ConfigError: Lightning refuses the settings (one line, its reason).
+    """
+    from lightning_fabric import Fabric
+
+    from selfsup_core.training.trainer import default_accelerator
+
+    try:
+        fabric = Fabric(accelerator=default_accelerator(), devices=config.devices, num_nodes=config.num_nodes,
+                        strategy=config.strategy)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"--devices {config.devices} --num-nodes {config.num_nodes} --strategy "
+                          f"{config.strategy}: Lightning refuses them: {' '.join(str(exc).split())}") from None
+    if fabric.world_size == 1:
+        return None
+    fabric.launch()
+    return fabric
 
 
 def _finetune_protocol(encoder: str, *, arch: str | None, data: str | None, val_data: str | None,
                        label_fraction: float, max_epochs: int | None, seed: int, image_size: int | None,
                        batch_size: int | None, limit: int | None, run_dir: Path,
                        progress: bool, host: PluginHost | None = None, like: str | None = None,
-                       strict: bool = False) -> EvalResult:
+                       strict: bool = False, parallel: ParallelOptions | None = None) -> EvalResult:
     from selfsup_core.training.finetuning import finetune  # Lightning import: only when fine-tuning
 
     task = "none" if encoder == "none" else read_encoder_info(encoder).task
@@ -290,17 +336,29 @@ def _finetune_protocol(encoder: str, *, arch: str | None, data: str | None, val_
                        image_size=image_size, batch_size=batch_size, limit=limit, progress=progress, host=host,
                        like=like, strict=strict,
                        keep_checkpoint=False,  # an evaluation is not resumed: no checkpoint to keep
-                       out=str(new_run_dir(f"finetune-{tag}-seed{seed}", root=run_dir)))
-    config = json.loads((outcome.run_dir / "results.json").read_text())
-    recorded = _read_config(outcome.run_dir)
+                       out=str(_finetune_dir(run_dir, tag, seed, several=parallel is not None and (
+                           parallel.devices != 1 or parallel.num_nodes != 1))),
+                       **({} if parallel is None else {"devices": parallel.devices, "num_nodes": parallel.num_nodes,
+                                                      "strategy": parallel.strategy}))
+    recorded = _read_config(outcome.run_dir)  # written before training, by the first process
     return EvalResult(
-        protocol="finetune", encoder=str(encoder), task=task, arch=config["arch"],
+        protocol="finetune", encoder=str(encoder), task=task, arch=str(recorded["arch"]),
         image_size=int(recorded.get("image_size") or 0), label_fraction=label_fraction, seed=seed,
         top1=outcome.val_acc, seconds=outcome.seconds,
         details={"best_top1_optimistic": outcome.best_val_acc, "epochs": len(outcome.history),
                  "train_images": outcome.train_images, "history": outcome.history,
                  "finetune_run": str(outcome.run_dir)},
+        primary=outcome.primary,
     )
+
+
+def _finetune_dir(run_dir: Path, tag: str, seed: int, several: bool) -> Path:
+    """The fine-tuning run's folder inside ``run_dir``: timestamped, or with several processes (which
+    must all name the same folder, whenever each starts) ``finetune-TAG-seedN``; a second such
+    evaluation then needs another ``--out``."""
+    if not several:
+        return new_run_dir(f"finetune-{tag}-seed{seed}", root=run_dir)
+    return run_dir / f"finetune-{tag}-seed{seed}"
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:

@@ -91,12 +91,12 @@ class ClassifierModule(ImageModule):
             images, _ = self.augmentations(images)
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
-        self.log("train/acc", accuracy(logits, labels), prog_bar=True, on_step=False, on_epoch=True)
+        self.log_mean("train/loss", loss, len(labels), on_step=True)
+        self.log_mean("train/acc", accuracy(logits, labels), len(labels))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
-        self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True)
-        self.log("val/acc", accuracy(logits, labels), prog_bar=True)
+        self.log_mean("val/loss", F.cross_entropy(logits, labels), len(labels))
+        self.log_mean("val/acc", accuracy(logits, labels), len(labels))

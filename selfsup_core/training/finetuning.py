@@ -26,13 +26,12 @@ from selfsup_core.training.runs import (
     apply_like,
     device_text,
     finish_checkpoint,
-    prepare_run_dir,
     record_run,
     resumed_config,
     settings_line,
     write_json,
 )
-from selfsup_core.training.trainer import build_trainer, compile_model, fit, resume_path
+from selfsup_core.training.trainer import compile_model, fit, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +46,8 @@ class FinetuneResult:
         best_val_acc: The best validation top-1 over epochs (flattering: label it so).
         train_images: Labelled images used (after ``label_fraction``).
         seconds: Wall time of the training.
+        history: Validation top-1 after each epoch.
+        primary: False in the other processes of a multi-process run (they write nothing).
     """
 
     run_dir: Path
@@ -55,10 +56,13 @@ class FinetuneResult:
     train_images: int
     seconds: float
     history: list[float]
+    primary: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for JSON."""
-        return {**dataclasses.asdict(self), "run_dir": str(self.run_dir)}
+        plain = {**dataclasses.asdict(self), "run_dir": str(self.run_dir)}
+        del plain["primary"]
+        return plain
 
 
 class _AccuracyHistory(Callback):
@@ -111,14 +115,13 @@ def finetune(
     build_augmentations(config.augment, host=host)  # unknown names and bad options, before any data is read
     logger.info(settings_line(config, "finetune"))
 
-    run_dir = prepare_run_dir(config.out, "finetune", resume=config.resume, overwrite=config.overwrite)
-    resume_from = resume_path(run_dir, config.resume, max_epochs=config.max_epochs,
-                              finished=run_dir / "results.json")  # checked before any data is read
-    pl.seed_everything(config.seed, workers=True, verbose=False)
+    run = start_run(config, "finetune", "finetune", finished="results.json")  # this process's part of the run
+    run_dir = run.dir
+    pl.seed_everything(config.seed, workers=True, verbose=False)  # the same weights in every process
     split = load_split(
         config.data, config.image_size, val_data=config.val_data, val_fraction=config.val_fraction,
         limit=config.limit, labelled=True, seed=config.seed, num_workers=config.num_workers,
-        cache=config.cache, strict=config.strict, report_to=run_dir,
+        cache=config.cache, strict=config.strict, report_to=run_dir if run.primary else None,
     )
     if split.val is None or len(split.val) == 0:
         raise DataError("fine-tuning needs validation images: give --val-data or a --val-fraction above 0.")
@@ -133,27 +136,25 @@ def finetune(
     )
     data = ImageDataModule(train, split.val, batch_size=config.batch_size, seed=config.seed,
                            on_device=config.data_on_device)
-    record_run(run_dir, {"job": "finetune", **config.to_dict(), "device": device_text(config.devices),
-                         "train_images": len(train)})
+    trainer = run.trainer
+    if run.primary:
+        record_run(run_dir, {"job": "finetune", **config.to_dict(),
+                             "device": device_text(config.devices, trainer.world_size), "train_images": len(train)})
     if config.compile:
         compile_model(module)
-    trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,
-                            precision=config.precision, progress=config.progress,
-                            resume_hint=f"selfsup finetune --resume --out {run_dir}",
-                            checkpoint_every_steps=config.checkpoint_every_steps,
-                            checkpoint_every_minutes=config.checkpoint_every_minutes)
     history = _AccuracyHistory()
     trainer.callbacks.append(history)
     started = time.perf_counter()
-    fit(trainer, module, data, run_dir=run_dir, ckpt_path=resume_from)  # stops on divergence and signals
+    fit(trainer, module, data, run_dir=run_dir, ckpt_path=run.resume_from)  # stops on divergence and signals
     seconds = time.perf_counter() - started
     if not history.history:
         raise DataError("no validation epoch ran; nothing to report.")
     result = FinetuneResult(run_dir, history.history[-1], max(history.history), len(train), seconds,
-                            history.history)
-    write_json(run_dir / "results.json", {"job": "finetune", "encoder": config.encoder,
-                                          "arch": config.arch, **result.as_dict()})
-    finish_checkpoint(run_dir, config.keep_checkpoint)
+                            history.history, primary=run.primary)
+    if run.primary:  # accuracies are over every process's share of the validation images
+        write_json(run_dir / "results.json", {"job": "finetune", "encoder": config.encoder, "arch": config.arch,
+                                              "processes": trainer.world_size, **result.as_dict()})
+        finish_checkpoint(run_dir, config.keep_checkpoint)
     return result
 
 

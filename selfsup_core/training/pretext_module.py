@@ -75,9 +75,9 @@ class PretextModule(ImageModule):
     def _step(self, images: Tensor, stage: str) -> Tensor:
         result = pretext_step(self.task, self.encoder, self.head, images, self.normalizer)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", result.loss, prog_bar=True, on_step=on_step, on_epoch=True)
+        self.log_mean(f"{stage}/loss", result.loss, len(images), on_step=on_step)
         for name, value in result.metrics.items():
-            self.log(f"{stage}/{name}", value, prog_bar=True, on_step=on_step, on_epoch=True)
+            self.log_mean(f"{stage}/{name}", torch.as_tensor(value), len(images), on_step=on_step)
         if stage == "val" and self._preview_pending:
             self._write_preview(result.outputs, result.batch, {"loss": result.loss, **result.metrics})
         return result.loss
@@ -97,8 +97,10 @@ class PretextModule(ImageModule):
 
     def _write_preview(self, outputs: Any, batch: PretextBatch, metrics: dict[str, Tensor]) -> None:
         self._preview_pending = False
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:  # one set of previews per run
+            return
         columns = self.task.preview(outputs, batch)
-        if not columns or self.trainer.sanity_checking:
+        if not columns:
             return
         n = min(PREVIEW_IMAGES, len(next(iter(columns.values()))))
         # One row per image: input | restored | original ...

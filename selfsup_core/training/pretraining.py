@@ -24,12 +24,11 @@ from selfsup_core.training.runs import (
     device_text,
     final_metrics,
     finish_checkpoint,
-    prepare_run_dir,
     record_run,
     resumed_config,
     write_json,
 )
-from selfsup_core.training.trainer import build_trainer, compile_model, fit, resume_path
+from selfsup_core.training.trainer import compile_model, fit, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +42,15 @@ class PretrainResult:
         encoder_path: The exported ``encoder.safetensors``.
         metrics: Final-epoch metrics, e.g. ``{"val/loss": ..., "val/acc": ...}``.
         seconds: Wall time of the training itself.
+        primary: False in the other processes of a multi-process run: they
+            write nothing (the first process exports the encoder).
     """
 
     run_dir: Path
     encoder_path: Path
     metrics: dict[str, float]
     seconds: float
+    primary: bool = True
 
 
 @quiet_job
@@ -91,14 +93,13 @@ def pretrain(
     info = EncoderInfo.from_mapping({"arch": config.arch, "task": config.task, "image_size": config.image_size},
                                     source="pretrain")  # an image size no encoder file accepts fails now
 
-    run_dir = prepare_run_dir(config.out, config.task, resume=config.resume, overwrite=config.overwrite)
-    resume_from = resume_path(run_dir, config.resume, max_epochs=config.max_epochs,
-                              finished=run_dir / WEIGHTS_NAME)  # checked before any data is read
-    pl.seed_everything(config.seed, workers=True, verbose=False)
+    run = start_run(config, "pretrain", config.task, finished=WEIGHTS_NAME)  # this process's part of the run
+    run_dir = run.dir
+    pl.seed_everything(config.seed, workers=True, verbose=False)  # the same weights in every process
     split = load_split(
         config.data, config.image_size, val_fraction=config.val_fraction, limit=config.limit,
         seed=config.seed, num_workers=config.num_workers, cache=config.cache,
-        strict=config.strict, report_to=run_dir,
+        strict=config.strict, report_to=run_dir if run.primary else None,
     )
     logger.info("pretraining %s on %s: %d train / %d val images",
                 config.task, split.source, len(split.train), len(split.val or ()))
@@ -109,23 +110,24 @@ def pretrain(
     )
     data = ImageDataModule(split.train, split.val, batch_size=config.batch_size, seed=config.seed,
                            on_device=config.data_on_device)
-    record_run(run_dir, {"job": "pretrain", **config.to_dict(), "device": device_text(config.devices),
-                         "resolved_task_options": module.task.options.to_dict(),  # defaults included
-                         "train_images": len(split.train), "skipped_images": len(split.train.skipped)})
+    trainer = run.trainer
+    if run.primary:
+        record_run(run_dir, {"job": "pretrain", **config.to_dict(),
+                             "device": device_text(config.devices, trainer.world_size),
+                             "resolved_task_options": module.task.options.to_dict(),  # defaults included
+                             "train_images": len(split.train), "skipped_images": len(split.train.skipped)})
     if config.compile:
         compile_model(module)
-    trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,
-                            precision=config.precision, progress=config.progress,
-                            resume_hint=f"selfsup pretrain --resume --out {run_dir}",
-                            checkpoint_every_steps=config.checkpoint_every_steps,
-                            checkpoint_every_minutes=config.checkpoint_every_minutes)
     started = time.perf_counter()
-    fit(trainer, module, data, run_dir=run_dir, ckpt_path=resume_from)  # stops on divergence and signals
+    fit(trainer, module, data, run_dir=run_dir, ckpt_path=run.resume_from)  # stops on divergence and signals
     seconds = time.perf_counter() - started
-    encoder_path = save_encoder(module.encoder, run_dir, info)
-    metrics = final_metrics(trainer.callback_metrics)  # one value per metric: the last epoch's
-    write_json(run_dir / "results.json", {"job": "pretrain", "task": config.task, "arch": config.arch,
-                                          "seconds": seconds, "metrics": metrics})
-    logger.info("encoder written to %s", encoder_path)
-    finish_checkpoint(run_dir, config.keep_checkpoint)  # deleted, or kept with a note saying it may be
-    return PretrainResult(run_dir, encoder_path, metrics, seconds)
+    metrics = final_metrics(trainer.callback_metrics)  # one value per metric: the last epoch's, over all processes
+    encoder_path = run_dir / WEIGHTS_NAME
+    if run.primary:  # the other processes trained the same weights: one writes them
+        encoder_path = save_encoder(module.encoder, run_dir, info)
+        write_json(run_dir / "results.json", {"job": "pretrain", "task": config.task, "arch": config.arch,
+                                              "seconds": seconds, "metrics": metrics,
+                                              "processes": trainer.world_size})
+        logger.info("encoder written to %s", encoder_path)
+        finish_checkpoint(run_dir, config.keep_checkpoint)  # deleted, or kept with a note saying it may be
+    return PretrainResult(run_dir, encoder_path, metrics, seconds, primary=run.primary)

@@ -37,15 +37,17 @@ def new_run_dir(prefix: str, root: Path = RUNS_ROOT) -> Path:
     return candidate
 
 
-def prepare_run_dir(out: str | None, prefix: str, *, resume: bool, overwrite: bool) -> Path:
-    """Resolve and create the run folder, refusing to clobber earlier work.
+def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
+    """Create the run folder, refusing to clobber earlier work.
+
+    In a run of several processes only the first (global rank 0) calls it:
+    the others find the folder it made.
 
     Raises:
-        ConfigError: ``out`` holds files and neither ``resume`` nor
+        ConfigError: ``path`` holds files and neither ``resume`` nor
             ``overwrite`` was asked for, or ``resume`` with nothing to resume.
         OutputError: the folder cannot be created or written.
     """
-    path = Path(out) if out else new_run_dir(prefix)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path} is a file, not a folder.")
     occupied = path.is_dir() and any(path.iterdir())
@@ -122,7 +124,8 @@ def _plain(value: Any) -> Any:
 
 # Options a resumed run may change: how long it trains and what it runs on, never what or how it learns.
 RESUME_MAY_CHANGE = frozenset({
-    "max_epochs", "progress", "devices", "precision", "num_workers", "cache", "data_on_device", "compile",
+    "max_epochs", "progress", "devices", "num_nodes", "strategy", "precision", "num_workers", "cache",
+    "data_on_device", "compile",
     "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoint", "verbose", "strict",
 })
 _RUN_CONTROL = frozenset({"out", "resume", "overwrite"})
@@ -298,15 +301,17 @@ def final_metrics(callback_metrics: Any) -> dict[str, float]:
     return dict(sorted(metrics.items()))
 
 
-def device_text(devices: Any) -> str:
-    """The device a run trains on, for ``config.yaml``: ``cpu`` or ``cuda (NVIDIA H100 ...) x N``."""
+def device_text(devices: Any, processes: int = 1) -> str:
+    """The device a run trains on, for ``config.yaml``: ``cpu``, ``cuda (NVIDIA H100 ...) x N``,
+    and ``, N processes`` when several train together."""
     import torch
 
+    several = f", {processes} processes" if processes > 1 else ""
     if not torch.cuda.is_available():
-        return "cpu"
+        return "cpu" + several
     count = torch.cuda.device_count() if devices in ("auto", -1) else (
         len(devices) if isinstance(devices, list) else int(devices))
-    return f"cuda ({torch.cuda.get_device_name(0)}) x {count}"
+    return f"cuda ({torch.cuda.get_device_name(0)}) x {count}{several}"
 
 
 def finish_checkpoint(run_dir: Path, keep: bool) -> str:

@@ -32,10 +32,11 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from selfsup_core.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
 from selfsup_core.ioutil import atomic_write, disk_error
+from selfsup_core.training.runs import new_run_dir, prepare_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -187,17 +188,22 @@ class RunCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if self.stop.signum is not None:
-            self._save(trainer, epoch_end=False)
-            raise self._interrupted(trainer)
         due = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0  # type: ignore[operator]
         due = due or (self.every_seconds is not None and time.monotonic() - self._saved_at >= self.every_seconds)
+        # Several processes: a signal or a clock seen by one of them decides for all (saving is collective).
+        stop, due = agreed(trainer, self.stop.signum is not None, due)
+        if stop:
+            self.stop.signum = self.stop.signum or signal.SIGTERM  # another process's signal
+            self._save(trainer, epoch_end=False)
+            raise self._interrupted(trainer)
         if due and trainer.global_step != self._saved_step:
             self._save(trainer, epoch_end=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save(trainer, epoch_end=True)  # after validation: the epoch is complete
-        if self.stop.signum is not None:
+        (stop,) = agreed(trainer, self.stop.signum is not None)
+        if stop:
+            self.stop.signum = self.stop.signum or signal.SIGTERM
             raise self._interrupted(trainer)
 
     def _interrupted(self, trainer: pl.Trainer) -> RunInterrupted:
@@ -210,7 +216,8 @@ class RunCheckpoint(Callback):
     # -- divergence -----------------------------------------------------------------------
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        if not bool(torch.isfinite(loss.detach()).all()):
+        (diverged,) = agreed(trainer, not bool(torch.isfinite(loss.detach()).all()))  # any process's loss
+        if diverged:
             raise self._diverged(trainer, pl_module, f"at step {trainer.global_step + 1}",
                                  f"the training loss is {_number(loss)}")
 
@@ -264,7 +271,9 @@ def build_trainer(
     run_dir: Path,
     *,
     max_epochs: int,
-    devices: Any = "auto",
+    devices: Any = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
     precision: str | None = None,
     progress: bool = True,
     checkpoints: bool = True,
@@ -276,7 +285,16 @@ def build_trainer(
     """A trainer that logs to CSV (and TensorBoard when installed) in ``run_dir``
     and keeps ``checkpoints/last.ckpt`` up to date for ``--resume`` (see :class:`RunCheckpoint`).
 
+    ``devices``, ``num_nodes`` and ``strategy`` go to Lightning as they are:
+    several processes train with its DDP, started by its own launcher, by
+    ``torchrun`` or by SLURM. The data module shards the data itself
+    (:class:`~selfsup_core.data.datamodule.ImageDataModule`), so Lightning's
+    sampler replacement is off.
+
     Run it with :func:`fit`, which adds the signal handling and the one-line disk errors.
+
+    Raises:
+        ConfigError: Lightning refuses the devices, nodes or strategy (one line, its reason).
     """
     # Versioned log folders (logs/version_N): a resumed run adds one, never overwrites.
     loggers: list[Logger] = [CSVLogger(run_dir, name="logs")]
@@ -288,22 +306,98 @@ def build_trainer(
             run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume_hint or f"--resume --out {run_dir}",
             every_n_steps=checkpoint_every_steps, every_minutes=checkpoint_every_minutes))
     # Lightning's known warnings are silenced by the jobs (selfsup_core.quiet), not here.
-    return pl.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=max_epochs,
-        accelerator=default_accelerator(),
-        devices=devices,
-        precision=precision or default_precision(),  # type: ignore[arg-type]
-        logger=loggers,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        enable_checkpointing=False,  # RunCheckpoint writes the one checkpoint
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        num_sanity_val_steps=0 if not monitor_val else 1,
-        deterministic=False,
-    )
+    try:
+        return pl.Trainer(
+            default_root_dir=run_dir,
+            max_epochs=max_epochs,
+            accelerator=default_accelerator(),
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            precision=precision or default_precision(),  # type: ignore[arg-type]
+            logger=loggers,
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            enable_checkpointing=False,  # RunCheckpoint writes the one checkpoint
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            log_every_n_steps=10,
+            num_sanity_val_steps=0 if not monitor_val else 1,
+            deterministic=False,
+            use_distributed_sampler=False,  # ImageDataModule gives each process its own shard
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"--devices {devices} --num-nodes {num_nodes} --strategy {strategy}: "
+                          f"Lightning refuses them: {reason}") from None
+
+
+@dataclass
+class Run:
+    """A run as every one of its processes sees it: the folder, the trainer, where to resume from.
+
+    Attributes:
+        dir: The run folder (created by the first process).
+        trainer: The Lightning trainer, its processes already known.
+        resume_from: ``checkpoints/last.ckpt`` to continue from, or ``None``.
+    """
+
+    dir: Path
+    trainer: pl.Trainer
+    resume_from: Path | None
+
+    @property
+    def primary(self) -> bool:
+        """Whether this process writes the run's files (global rank 0); the others only train."""
+        return bool(self.trainer.is_global_zero)
+
+
+def start_run(config: Any, job: str, prefix: str, finished: str) -> Run:
+    """Open a ``pretrain`` or ``finetune`` run (``config``: a :class:`~selfsup_core.config.RunConfig`)
+    in this process, whichever of the run's processes it is.
+
+    The trainer is built first, so that each process knows its rank before
+    any file is touched: rank 0 creates and guards the folder (and later
+    writes every file of the run); the others only read it.
+
+    Args:
+        config: The job's resolved settings.
+        job: ``pretrain`` or ``finetune`` (for the resume hint).
+        prefix: Name of a new folder in ``runs/`` when ``config.out`` is unset.
+        finished: The file only a finished run has (``encoder.safetensors``, ``results.json``).
+
+    Raises:
+        ConfigError: several processes without ``--out`` (each would name its own folder),
+            a folder that is not to be reused, or nothing to resume.
+    """
+    run_dir = Path(config.out) if config.out else new_run_dir(prefix)
+    trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,
+                            num_nodes=config.num_nodes, strategy=config.strategy,
+                            precision=config.precision, progress=config.progress,
+                            resume_hint=f"selfsup {job} --resume --out {run_dir}",
+                            checkpoint_every_steps=config.checkpoint_every_steps,
+                            checkpoint_every_minutes=config.checkpoint_every_minutes)
+    if trainer.world_size > 1 and not config.out:
+        raise ConfigError(f"{trainer.world_size} processes (--devices {config.devices}, --num-nodes "
+                          f"{config.num_nodes}) need --out DIR: every process must find the same run folder.")
+    if trainer.is_global_zero:
+        prepare_run_dir(run_dir, resume=config.resume, overwrite=config.overwrite)
+    resume_from = resume_path(run_dir, config.resume, max_epochs=config.max_epochs,
+                              finished=run_dir / finished)  # checked before any data is read
+    return Run(run_dir, trainer, resume_from)
+
+
+def agreed(trainer: pl.Trainer, *flags: bool) -> list[bool]:
+    """Each flag, true if it is true in any process of the run.
+
+    Every process calls it at the same point; decisions that end in a
+    collective (saving a checkpoint, stopping) must be the same everywhere,
+    or the processes wait on each other for ever. One process: the flags.
+    """
+    if trainer.world_size == 1:
+        return list(flags)
+    votes = torch.tensor([float(flag) for flag in flags], device=trainer.strategy.root_device)
+    return [bool(v) for v in trainer.strategy.reduce(votes, reduce_op="max").tolist()]
 
 
 def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule, *,
