@@ -4,7 +4,7 @@ Under multi-process training (Lightning's DDP) each process sees its own
 shard of the global batch. A contrastive loss wants its negatives from the
 whole global batch, and its gradients to flow back through them: plain
 ``torch.distributed.all_gather`` returns tensors without gradients, so this
-uses ``torch.distributed.nn.functional.all_gather``, which is differentiable.
+uses a differentiable gather of its own.
 In one process every function here is a no-op.
 
 Example:
@@ -13,6 +13,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,6 +42,22 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     """
     if not _distributed():
         return tensor
-    from torch.distributed.nn.functional import all_gather
+    return torch.cat(_GatherWithGrad.apply(tensor), dim=0)
 
-    return torch.cat(all_gather(tensor), dim=0)
+
+class _GatherWithGrad(torch.autograd.Function):
+    """``all_gather`` whose backward returns to each process the gradient of its share, summed over
+    every process's loss (each loss used every share). PyTorch's own differentiable gather,
+    ``torch.distributed.nn.functional.all_gather``, is deprecated."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> tuple[Tensor, ...]:
+        shares = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(shares, tensor.contiguous())
+        return tuple(shares)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> Tensor:
+        summed = torch.stack(grads)
+        dist.all_reduce(summed)
+        return summed[dist.get_rank()]
