@@ -85,7 +85,7 @@ class RunConfig(ParallelOptions):
         None, help="square training size in pixels, at least the architecture's down-sampling "
                    "(ResNets 32, tiny 8)", check=_ONE,
         default_text="32 for the built-in data; folders: 64 on a CPU, 128 on a GPU")
-    batch_size: int | None = option(None, help="images per batch", check=_ONE,
+    batch_size: int | None = option(None, help="images per batch in each process", check=_ONE,
                                     default_text="128; 256 for folders on a GPU")
     max_epochs: int | None = option(None, help="training epochs", check=_ONE,
                                     default_text="pretrain 12 (built-in) or 30; finetune 15 or 30")

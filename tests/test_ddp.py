@@ -281,3 +281,43 @@ def test_finetune_with_two_processes_reports_the_accuracy_of_its_weights(ddp_env
         predicted = module(to_unit_range(split.val.take(slice(0, len(split.val))))).argmax(1)
     accuracy = float((predicted == split.val.labels).float().mean())
     assert reported["val_acc"] == pytest.approx(accuracy, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_and_saves_all(ddp_env: dict[str, str], images: Path, tmp_path: Path) -> None:
+    """SIGTERM reaching only the second process (as a scheduler's may): both save, the run exits 143."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "selfsup_core.cli", *pretrain_args(images, out, epochs=300)]
+    log = (tmp_path / "run.log").open("wb")
+    process = subprocess.Popen(command, env=ddp_env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _checkpoint_epochs(out) < 1:
+            assert process.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.1)
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True,
+                                  check=False).stdout.split()
+        assert len(children) == 1, f"expected Lightning's one child process, found {children}"
+        os.kill(int(children[0]), signal.SIGTERM)
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "Resume with: selfsup pretrain --resume" in (tmp_path / "run.log").read_text()
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] >= STEPS_PER_EPOCH
+
+
+def test_the_documented_torchrun_command_runs(ddp_env: dict[str, str], tmp_path: Path) -> None:
+    """docs/index.md's torchrun line, as written, plus tiny sizes (torchrun starts both processes)."""
+    docs = (Path(__file__).parents[1] / "docs" / "index.md").read_text().splitlines()
+    (line,) = [text for text in docs if text.startswith("torchrun --nproc-per-node 2 ")]
+    tiny = ["--arch", "tiny", "--limit", "64", "--batch-size", "16", "--max-epochs", "1", "--no-progress"]
+    done = subprocess.run([*line.split(), *tiny], env=ddp_env, cwd=tmp_path, text=True, capture_output=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "rotation-2proc"
+    assert (run / "encoder.safetensors").is_file()
+    assert json.loads((run / "results.json").read_text())["processes"] == 2
