@@ -135,7 +135,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     augmentations.add_argument("--options", metavar="NAME", help="show the options of augmentation NAME")
     for name, command in COMMANDS.items():
         _add_command(commands, name, command)
-    bench = commands.add_parser("bench", help="benchmarks: tasks, throughput, eval")
+    bench = commands.add_parser("bench", help="benchmarks: tasks, throughput, eval, gpu")
     bench_commands = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     for name, command in BENCHMARKS.items():
         _add_command(bench_commands, name, command)
