@@ -373,7 +373,8 @@ def _main(argv: Sequence[str] | None, host: PluginHost | None, use_plugin_host: 
         with use_plugin_host(host):  # commands look plugins up deep down: one host for all of them
             return int(getattr(importlib.import_module(module), function)(config))
     except RunInterrupted as exc:  # training saved a checkpoint and says how to resume
-        print(f"selfsup: {exc}", file=sys.stderr)
+        if launched_rank() == 0:  # once per run, not once per process
+            print(f"selfsup: {exc}", file=sys.stderr)
         return exc.exit_code
     except SelfsupError as exc:
         print(f"selfsup: error: {exc}", file=sys.stderr)

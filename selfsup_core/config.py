@@ -68,8 +68,9 @@ class ParallelOptions(Options):
     "Multi-GPU and multi-node")."""
 
     devices: int | str | list[int] = option(1, check=_devices,
-                                            help="Lightning devices per node: a count, a list of ids, or auto "
-                                                 "(every GPU); more than one runs one process each")
+                                            help="Lightning devices per machine: a count, a list of GPU ids "
+                                                 "written [0,1], or auto (every GPU; one process on a CPU); "
+                                                 "more than one runs one process each")
     num_nodes: int = option(1, help="machines working together (each runs --devices processes)", check=_ONE)
     strategy: str = option("auto", check=_strategy,
                            help="Lightning strategy, e.g. ddp; auto is ddp when more than one process runs")
@@ -99,7 +100,8 @@ class RunConfig(ParallelOptions):
                                    help="Lightning precision, e.g. 32-true or bf16-mixed "
                                                  "(config.yaml records the one used)",
                                    default_text="bf16-mixed on GPUs that support it, else 32-true")
-    limit: int | None = option(None, help="use a seeded subset of N training images", check=_ONE,
+    limit: int | None = option(None, help="use a seeded subset of N training images (the built-in data: "
+                                          "also N validation images)", check=_ONE,
                                default_text="all images")
     out: str | None = option(None, help="run folder", default_text="a new folder in runs/", metavar="DIR")
     resume: bool = option(False, help="continue the run in --out from its last checkpoint")

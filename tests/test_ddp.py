@@ -321,3 +321,33 @@ def test_the_documented_torchrun_command_runs(ddp_env: dict[str, str], tmp_path:
     run = tmp_path / "runs" / "rotation-2proc"
     assert (run / "encoder.safetensors").is_file()
     assert json.loads((run / "results.json").read_text())["processes"] == 2
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--num-nodes", "2", "--strategy", "ddp"], {}, "nothing started processes on the other machines"),
+    (["--devices", "1", "--strategy", "ddp"], {"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "2"},
+     "torchrun started 2 processes, but --devices 1 --num-nodes 1 makes 1"),
+    (["--devices", "[0, 1]"], {}, "Lightning refuses them"),
+])
+def test_process_settings_that_cannot_start_are_one_line_errors(
+        args: list[str], env: dict[str, str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from selfsup_core.cli import main
+
+    if torch.cuda.is_available() and args[0] == "--devices" and not env:
+        pytest.skip("a list of GPU ids is valid on a GPU machine")
+    for name in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "SLURM_NTASKS", "NODE_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    started = time.monotonic()
+    assert main(["pretrain", "--arch", "tiny", "--limit", "64", "--out", str(tmp_path / "run"), *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert time.monotonic() - started < 30  # refused, not waited on
+
+
+def test_evaluate_with_several_processes_needs_out(ddp_env: dict[str, str], tmp_path: Path) -> None:
+    done = selfsup(ddp_env, tmp_path, "evaluate", "--encoder", "none", "--protocol", "knn", "--arch", "tiny",
+                   "--limit", "64", "--devices", "2", "--strategy", "ddp")
+    assert done.returncode == 1 and "need --out DIR" in done.stderr and "Traceback" not in done.stderr

@@ -94,7 +94,9 @@ def _shared_features(encoder: nn.Module, images: DecodedImages | Tensor, process
     width = -(-n // count)
     padded = torch.zeros(width, local.shape[1], dtype=local.dtype, device=processes.device)
     padded[:len(local)] = local.to(processes.device)
-    gathered = processes.all_gather(padded).reshape(count, width, -1).cpu()
+    shares = [torch.empty_like(padded) for _ in range(count)]
+    torch.distributed.all_gather(shares, padded)  # no gradients needed: not Lightning's autograd gather
+    gathered = torch.stack(shares).cpu()
     features = torch.empty(n, local.shape[1], dtype=local.dtype)
     for share in range(count):
         features[share::count] = gathered[share, :len(range(share, n, count))]

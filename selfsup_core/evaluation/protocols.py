@@ -308,16 +308,19 @@ def launch_processes(config: ParallelOptions) -> Fabric | None:
     """
     from lightning_fabric import Fabric
 
-    from selfsup_core.training.trainer import default_accelerator
+    from selfsup_core.training.trainer import check_launch, default_accelerator, refused_by_lightning
 
+    check_launch(config.devices, config.num_nodes)
     try:
         fabric = Fabric(accelerator=default_accelerator(), devices=config.devices, num_nodes=config.num_nodes,
                         strategy=config.strategy)
-    except (ValueError, RuntimeError) as exc:
-        raise ConfigError(f"--devices {config.devices} --num-nodes {config.num_nodes} --strategy "
-                          f"{config.strategy}: Lightning refuses them: {' '.join(str(exc).split())}") from None
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise refused_by_lightning(config.devices, config.num_nodes, config.strategy, exc) from None
     if fabric.world_size == 1:
         return None
+    if getattr(config, "out", "") is None:  # each process would name its own folder
+        raise ConfigError(f"{fabric.world_size} processes need --out DIR: every process must find the same "
+                          f"run folder.")
     fabric.launch()
     return fabric
 

@@ -306,6 +306,7 @@ def build_trainer(
             run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume_hint or f"--resume --out {run_dir}",
             every_n_steps=checkpoint_every_steps, every_minutes=checkpoint_every_minutes))
     # Lightning's known warnings are silenced by the jobs (selfsup_core.quiet), not here.
+    check_launch(devices, num_nodes)
     try:
         return pl.Trainer(
             default_root_dir=run_dir,
@@ -326,10 +327,44 @@ def build_trainer(
             deterministic=False,
             use_distributed_sampler=False,  # ImageDataModule gives each process its own shard
         )
-    except (MisconfigurationException, ValueError, RuntimeError) as exc:
-        reason = " ".join(str(exc).split())
-        raise ConfigError(f"--devices {devices} --num-nodes {num_nodes} --strategy {strategy}: "
-                          f"Lightning refuses them: {reason}") from None
+    except (MisconfigurationException, ValueError, RuntimeError, TypeError) as exc:
+        raise refused_by_lightning(devices, num_nodes, strategy, exc) from None
+
+
+def refused_by_lightning(devices: Any, num_nodes: int, strategy: str, exc: BaseException) -> ConfigError:
+    """Lightning's reason for refusing the process settings, as one line."""
+    return ConfigError(f"--devices {devices} --num-nodes {num_nodes} --strategy {strategy}: "
+                       f"Lightning refuses them: {' '.join(str(exc).split())}")
+
+
+def check_launch(devices: Any, num_nodes: int) -> None:
+    """Refuse process settings that cannot start, before anything waits for processes that never come.
+
+    * Under ``torchrun`` (``WORLD_SIZE`` set by it), ``--devices`` x ``--num-nodes``
+      must equal the processes it started: otherwise Lightning either trains
+      each process alone, all writing one folder, or stops with a traceback.
+    * ``--num-nodes`` above 1 needs something that starts the processes on
+      every machine: torchrun, SLURM, or Lightning's launcher run on each
+      machine with ``NODE_RANK`` and ``MASTER_ADDR`` set. Without one, the
+      first process would wait for the others for half an hour.
+
+    Raises:
+        ConfigError: naming the mismatch and the way out.
+    """
+    started = os.environ.get("WORLD_SIZE", "")
+    if os.environ.get("TORCHELASTIC_RUN_ID") and started.isdigit() and isinstance(devices, int) and devices > 0:
+        if devices * num_nodes != int(started):
+            raise ConfigError(
+                f"torchrun started {started} processes, but --devices {devices} --num-nodes {num_nodes} "
+                f"makes {devices * num_nodes}: give --devices equal to --nproc-per-node (and --num-nodes "
+                f"to --nnodes).")
+    launched = any(os.environ.get(name) for name in ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS")) or (
+        os.environ.get("NODE_RANK") is not None and os.environ.get("MASTER_ADDR") is not None)
+    if num_nodes > 1 and not launched:
+        raise ConfigError(
+            f"--num-nodes {num_nodes}: nothing started processes on the other machines, so this one would "
+            f"wait for them for half an hour. Start the run with torchrun or SLURM on every machine (see "
+            f"docs/index.md, \"Multi-GPU and multi-node\"), or set NODE_RANK and MASTER_ADDR there.")
 
 
 @dataclass
