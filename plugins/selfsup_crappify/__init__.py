@@ -66,6 +66,10 @@ def ssim(prediction: Tensor, target: Tensor) -> Tensor:
 class CrappifyOptions(ReconstructionOptions):
     """Options of :class:`CrappifyTask` (after the U-Net's ``drop_skips`` and ``residual``)."""
 
+    drop_skips: int = option(0, check=at_least(0),
+                             help="shallowest U-Net skip connections left out (0: all kept, the best "
+                                  "restoration; all of them, 4 for a ResNet, with residual=false: "
+                                  "frozen features that beat a random encoder, see docs/tasks.md)")
     residual: bool = option(True, help="predict a correction of the degraded input rather than the "
                                        "image: the output starts as good as the input")
     resize_p: float = option(0.5, check=probability,

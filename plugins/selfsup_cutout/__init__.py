@@ -33,6 +33,10 @@ __all__ = ["FILLS", "CutoutOptions", "CutoutTask", "Fill", "boxes_to_mask", "dra
 class CutoutOptions(ReconstructionOptions):
     """Options of :class:`CutoutTask` (after the U-Net's ``drop_skips`` and ``residual``)."""
 
+    drop_skips: int = option(2, check=at_least(0),
+                             help="shallowest U-Net skip connections left out (0: all kept; 2: the "
+                                  "inpainting has to pass through the deeper stages, which kNN and the "
+                                  "linear probe read)")
     residual: bool = option(False, help="predict a correction of the input rather than the image (off: "
                                         "a noise-filled box is better replaced than corrected)")
     boxes: tuple[int, int] = range_option((1, 4), low=1, high=32, help="boxes per image (min, max), 1 to 32")
@@ -42,7 +46,7 @@ class CutoutOptions(ReconstructionOptions):
                                                help="height / width of each box (min, max), drawn log-uniformly")
     fill: Fill = option("noise", help="what fills the boxes: uniform per-pixel noise (a flat fill tells "
                                       "the network where to paint), zero, or each image's mean colour")
-    whole_weight: float = option(0.1, check=at_least(0),
+    whole_weight: float = option(0.0, check=at_least(0),
                                  help="weight of the L1 loss on the whole image, added to the L1 loss "
                                       "inside the boxes (0: boxes only)")
 
