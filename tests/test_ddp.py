@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -315,8 +316,11 @@ def test_the_documented_torchrun_command_runs(ddp_env: dict[str, str], tmp_path:
     docs = (Path(__file__).parents[1] / "docs" / "index.md").read_text().splitlines()
     (line,) = [text for text in docs if text.startswith("torchrun --nproc-per-node 2 ")]
     tiny = ["--arch", "tiny", "--limit", "64", "--batch-size", "16", "--max-epochs", "1", "--no-progress"]
-    done = subprocess.run([*line.split(), *tiny], env=ddp_env, cwd=tmp_path, text=True, capture_output=True,
-                          timeout=300, check=False)
+    with socket.socket() as probe:  # torchrun's default port may be taken by another job on this machine
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run([*line.split(), *tiny], env={**ddp_env, "PET_MASTER_PORT": str(port)}, cwd=tmp_path,
+                          text=True, capture_output=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "rotation-2proc"
     assert (run / "encoder.safetensors").is_file()
