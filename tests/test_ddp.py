@@ -199,19 +199,29 @@ def _checkpoint_epochs(out: Path) -> int:
         return -1
 
 
+def _start_until_checkpoint(env: dict[str, str], images: Path, tmp_path: Path, min_epochs: int) -> subprocess.Popen:
+    """Start a long 2-process pretraining in its own session; return once last.ckpt holds ``min_epochs``."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "selfsup_core.cli", *pretrain_args(images, out, epochs=300)]
+    log = (tmp_path / "run.log").open("wb")
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while _checkpoint_epochs(out) < min_epochs:
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"no checkpoint of {min_epochs} epoch(s) within 300 s:\n"
+                        f"{(tmp_path / 'run.log').read_text()[-3000:]}")
+        time.sleep(0.1)
+    return process
+
+
 @pytest.mark.slow
 def test_killed_ddp_run_resumes_from_its_last_epoch(ddp_env: dict[str, str], images: Path, tmp_path: Path) -> None:
     """SIGKILL to every process of the run (a node lost), then --resume with two processes again."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "selfsup_core.cli", *pretrain_args(images, out, epochs=300)]
-    log = (tmp_path / "run.log").open("wb")
-    process = subprocess.Popen(command, env=ddp_env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    deadline = time.monotonic() + 300
-    while _checkpoint_epochs(out) < 2:
-        assert process.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint of 2 epochs within 300 s"
-        time.sleep(0.1)
+    process = _start_until_checkpoint(ddp_env, images, tmp_path, min_epochs=2)
     os.killpg(process.pid, signal.SIGKILL)  # both processes, at once
     process.wait(timeout=60)
     killed = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
@@ -288,16 +298,8 @@ def test_finetune_with_two_processes_reports_the_accuracy_of_its_weights(ddp_env
 def test_sigterm_to_one_process_stops_and_saves_all(ddp_env: dict[str, str], images: Path, tmp_path: Path) -> None:
     """SIGTERM reaching only the second process (as a scheduler's may): both save, the run exits 143."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "selfsup_core.cli", *pretrain_args(images, out, epochs=300)]
-    log = (tmp_path / "run.log").open("wb")
-    process = subprocess.Popen(command, env=ddp_env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = _start_until_checkpoint(ddp_env, images, tmp_path, min_epochs=1)
     try:
-        deadline = time.monotonic() + 300
-        while _checkpoint_epochs(out) < 1:
-            assert process.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.1)
         children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True,
                                   check=False).stdout.split()
         assert len(children) == 1, f"expected Lightning's one child process, found {children}"
