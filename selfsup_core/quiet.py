@@ -10,7 +10,10 @@ job (``selfsup -v COMMAND`` on the command line) to see everything.
 Levels and warning filters are restored when the job ends, so the caller's
 own logging configuration is left as it was.
 
-This module imports neither torch nor Lightning.
+Importing this module imports neither torch nor Lightning; a quiet block
+imports Lightning's packages first, because importing them sets their
+loggers back to INFO (the first ``Fabric`` of ``evaluate --devices 2`` did,
+and its "Initializing distributed" banner showed).
 
 Example:
     >>> with quiet_lightning():
@@ -21,6 +24,8 @@ Example:
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -53,6 +58,9 @@ def quiet_lightning(verbose: bool = False) -> Iterator[None]:
     if verbose:
         yield
         return
+    for package in ("lightning_fabric", "pytorch_lightning"):
+        if importlib.util.find_spec(package) is not None:
+            importlib.import_module(package)
     loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     saved = [lg.level for lg in loggers]
     try:

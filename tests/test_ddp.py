@@ -255,6 +255,7 @@ def test_knn_with_two_processes_equals_one(ddp_env: dict[str, str], images: Path
         lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
         assert len(lines) == 1  # printed once, by the first process
         assert len((out / "results.jsonl").read_text().splitlines()) == 1
+        assert "Initializing distributed" not in done.stdout + done.stderr  # Lightning's banners stay quiet
         results.append(lines[0])
     assert results[1]["processes"] == 2 and results[0]["processes"] == 1
     assert results[1]["top1"] == results[0]["top1"]
