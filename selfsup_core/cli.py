@@ -200,8 +200,9 @@ def next_steps(data: str | None, run_dir: Any, encoder_path: Any) -> list[str]:
         return ["next: fine-tune it on the glyph labels, then the same network from scratch with the same recipe:",
                 f"  selfsup finetune --encoder {encoder} --out {tuned}",
                 f"  selfsup finetune --encoder none --like {tuned}",
-                f"quicker, kNN on frozen features: selfsup evaluate --protocol knn --encoder {encoder}, "
-                f"then --encoder none --like {run}"]
+                "quicker, kNN on frozen features, pretrained then random:",
+                f"  selfsup evaluate --protocol knn --encoder {encoder}",
+                f"  selfsup evaluate --protocol knn --encoder none --like {run}"]
     labelled = "--data LABELLED/train --val-data LABELLED/val"
     return ["next: fine-tune it on labelled images (one sub-folder per class), then the same network from "
             "scratch with the same recipe:",

@@ -85,7 +85,9 @@ def test_pretrain_ends_with_the_commands_to_run_next(tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out
     commands = [line.strip() for line in out.splitlines() if line.startswith("  selfsup ")]
     assert commands == [f"selfsup finetune --encoder {run}/encoder.safetensors --out {run}-finetune",
-                        f"selfsup finetune --encoder none --like {run}-finetune"]
+                        f"selfsup finetune --encoder none --like {run}-finetune",
+                        f"selfsup evaluate --protocol knn --encoder {run}/encoder.safetensors",
+                        f"selfsup evaluate --protocol knn --encoder none --like {run}"]
     for command in commands:  # they parse as printed
         build_parser().parse_args(command.split()[1:])
 
