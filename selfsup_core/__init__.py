@@ -81,6 +81,7 @@ _LAZY = {
     "PretextBatch": "selfsup_core.tasks.base",
     "ClassificationTask": "selfsup_core.tasks.base",
     "map_inputs": "selfsup_core.tasks.base",
+    "mlp_head": "selfsup_core.tasks.base",
     "TaskOptions": "selfsup_core.tasks.options",
     "range_option": "selfsup_core.tasks.options",
     "ReconstructionTask": "selfsup_core.tasks.reconstruction",

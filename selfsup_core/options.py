@@ -321,6 +321,11 @@ def at_least(low: float) -> Check:
     return check
 
 
+def skip_count(name: str, value: int | str) -> int | str:
+    """``"all"`` or a whole number of at least 0 (a U-Net's ``drop_skips``: the encoder sets the most)."""
+    return value if value == "all" else at_least(0)(name, value)
+
+
 def within(low: float, high: float) -> Check:
     """A number, or every number of a pair or list, in ``[low, high]``."""
     def check(name: str, value: Any) -> Any:

@@ -170,7 +170,7 @@ def test_options_are_declared_once_and_saved_with_their_defaults() -> None:
 
     task = create_task("crappify", jpeg_quality=30, text_p=0.0)
     assert isinstance(task.options, CrappifyOptions)
-    assert task.options.jpeg_quality == (30, 30) and task.options.residual is True  # crappify's own default
+    assert task.options.jpeg_quality == (30, 30) and task.options.drop_skips == "all"  # crappify's own default
     saved = task.options.to_dict()
     assert saved["jpeg_quality"] == [30, 30] and saved["resize_factor"] == [1.5, 4.0] and saved["loss"] == "l1"
     assert task.text_bank.shape == (1, 1, 32, 128)  # derived from the options: no text, no bank

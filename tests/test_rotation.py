@@ -70,5 +70,15 @@ def test_options_resolve_with_their_defaults() -> None:
 
     task = create_task("rotation", crop_scale=0.5)
     assert isinstance(task, RotationTask) and task.options == RotationOptions(crop_scale=(0.5, 1.0))
-    assert task.options.to_dict() == {"num_transforms": 4, "crop_scale": [0.5, 1.0], "flip": False}
+    assert task.options.to_dict() == {"num_transforms": 4, "crop_scale": [0.5, 1.0], "flip": False, "head_hidden": 0}
     assert create_task("rotation", num_transforms=6).num_classes == 6
+
+
+def test_head_hidden_puts_a_hidden_layer_before_the_turn_logits() -> None:
+    from selfsup_core import build_encoder
+
+    encoder = build_encoder("tiny")
+    assert isinstance(create_task("rotation").build_head(encoder), torch.nn.Linear)
+    head = create_task("rotation", head_hidden=32, num_transforms=6).build_head(encoder)
+    assert [type(m).__name__ for m in head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert head(torch.zeros(2, encoder.feature_dim)).shape == (2, 6) and head[0].out_features == 32

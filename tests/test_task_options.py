@@ -61,15 +61,17 @@ def test_a_subclass_extends_the_options_of_a_builtin(host) -> None:  # noqa: ANN
     task = create_task("my-rotation", host=host, extra=5, num_transforms=6)
     assert isinstance(task, MyRotation) and isinstance(task.options, MyOptions)
     assert task.options.extra == 5 and task.options.num_transforms == 6 and task.num_classes == 6
-    assert task.options.to_dict() == {"num_transforms": 6, "crop_scale": [1.0, 1.0], "flip": False, "extra": 5}
-    assert [info.name for info in MyOptions.describe()] == ["num_transforms", "crop_scale", "flip", "extra"]
+    assert task.options.to_dict() == {"num_transforms": 6, "crop_scale": [1.0, 1.0], "flip": False, "head_hidden": 0,
+                                      "extra": 5}
+    assert [info.name for info in MyOptions.describe()] == ["num_transforms", "crop_scale", "flip", "head_hidden",
+                                                            "extra"]
     assert task.make_batch(torch.rand(4, 3, 8, 8)).targets.max() < 6
     # The parent's checks, cross-field rules included, still hold; the new option is checked too.
     with pytest.raises(TaskOptionError, match="flips are labels"):
         create_task("my-rotation", host=host, num_transforms=6, flip=True)
     with pytest.raises(TaskOptionError, match="extra must be at least 1, got 0"):
         create_task("my-rotation", host=host, extra=0)
-    with pytest.raises(TaskOptionError, match="it accepts: num_transforms, crop_scale, flip, extra"):
+    with pytest.raises(TaskOptionError, match="it accepts: num_transforms, crop_scale, flip, head_hidden, extra"):
         create_task("my-rotation", host=host, extar=2)
     # The built-in is unchanged.
     with pytest.raises(TaskOptionError, match="has no option 'extra'"):
@@ -80,7 +82,7 @@ def test_the_cli_shows_a_plugin_task_options(host, capsys: pytest.CaptureFixture
     assert main(["tasks", "--options", "my-rotation"], host=host) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].split() == ["option", "type", "default", "meaning"]
-    assert rows[4].split()[:3] == ["extra", "integer", "3"] and rows[4].endswith("an option of my own")
+    assert rows[5].split()[:3] == ["extra", "integer", "3"] and rows[5].endswith("an option of my own")
 
 
 # -- construction and validation -------------------------------------------------------------
@@ -104,7 +106,8 @@ def test_errors_are_one_line_task_option_errors() -> None:
         create_task("crappify", colour=1)
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("task 'crappify' has no option 'colour'; it accepts: drop_skips, residual, resize_p")
+    assert message.startswith("task 'crappify' has no option 'colour'; it accepts: drop_skips, residual, "
+                              "skip_dropout, resize_p")
     with pytest.raises(TaskOptionError, match=r"^task 'cutout': boxes must lie in \[1, 32\], got \[0, 0\]$"):
         create_task("cutout", boxes=0)
     # One class for every kind of caller: the CLI's ConfigError and Python's ValueError.
@@ -143,9 +146,9 @@ def test_one_number_ranges(task: type[PretextTask], given: dict, resolved: dict)
 
 def test_reconstruction_options_are_shared_and_defaults_overridden() -> None:
     assert issubclass(CutoutOptions, ReconstructionOptions) and issubclass(CrappifyOptions, ReconstructionOptions)
-    assert ReconstructionTask().options.to_dict() == {"drop_skips": 0, "residual": False}
-    assert CutoutTask().options.residual is False and CrappifyTask().options.residual is True
-    assert CrappifyTask(residual=False, text_p=0.0).options.residual is False
+    assert ReconstructionTask().options.to_dict() == {"drop_skips": 0, "residual": False, "skip_dropout": 0.0}
+    assert CutoutTask().options.drop_skips == 2 and CrappifyTask().options.drop_skips == "all"
+    assert CrappifyTask(drop_skips=0, residual=True, text_p=0.0).options.residual is True
 
 
 # -- what a run saves ---------------------------------------------------------------------------

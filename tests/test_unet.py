@@ -22,10 +22,36 @@ def test_output_is_an_image_at_input_resolution(arch: str, size: tuple[int, int]
     assert out.min() >= 0 and out.max() <= 1
 
 
-@pytest.mark.parametrize("bad", [-1, 3, 10])
+@pytest.mark.parametrize("bad", [-1, 3, 10, "none", True])
 def test_drop_skips_out_of_range_is_a_value_error(bad: int) -> None:
-    with pytest.raises(ValueError, match="drop_skips must be between 0 and 2"):
+    with pytest.raises(ValueError, match="drop_skips must be 'all' or between 0 and 2"):
         UNetDecoder((16, 32, 64), drop_skips=bad)
+
+
+@pytest.mark.parametrize("stages", [(16, 32, 64), (64, 64, 128, 256, 512)])
+def test_drop_skips_all_means_every_skip_of_any_encoder(stages: tuple[int, ...]) -> None:
+    assert UNetDecoder(stages, drop_skips="all").drop_skips == len(stages) - 1
+    assert not any(UNetDecoder(stages, drop_skips="all").uses_skip(i) for i in range(len(stages) - 1))
+
+
+def test_skip_dropout_cuts_whole_images_off_their_skips_in_training_only() -> None:
+    torch.manual_seed(0)
+    stages = [torch.rand(64, 16, 16, 16), torch.rand(64, 32, 8, 8), torch.rand(64, 64, 4, 4)]
+    changed = [stages[0] + 1.0, stages[1] + 1.0, stages[2]]
+    decoder = UNetDecoder((16, 32, 64), skip_dropout=0.5)
+    decoder.final_block[1].eval()  # BatchNorm on batch statistics would mix the images
+    for block in decoder.up_blocks:
+        block[1].eval()
+    torch.manual_seed(1)
+    first = decoder(stages, (32, 32))
+    torch.manual_seed(1)  # the same per-image draws
+    second = decoder(changed, (32, 32))
+    unaffected = torch.isclose(first, second).flatten(1).all(dim=1)
+    assert 16 < int(unaffected.sum()) < 48  # about half the images were restored from the deepest stage alone
+    decoder.eval()  # a finished decoder keeps every skip
+    assert not torch.isclose(decoder(stages, (32, 32)), decoder(changed, (32, 32))).flatten(1).all(dim=1).any()
+    with pytest.raises(ValueError, match="skip_dropout"):
+        UNetDecoder((16, 32, 64), skip_dropout=1.5)
 
 
 def test_dropped_skips_cut_the_shallow_stages_off() -> None:

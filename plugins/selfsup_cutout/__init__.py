@@ -17,14 +17,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from selfsup_augment.erase import FILLS, Erase, Fill, boxes_to_mask, draw_boxes
 from torch import Tensor
 
 from selfsup_core import PretextBatch, ReconstructionOptions, ReconstructionTask, hookimpl, psnr, range_option
-from selfsup_core.options import at_least, option
+from selfsup_core.options import at_least, option, skip_count
 
 __all__ = ["FILLS", "CutoutOptions", "CutoutTask", "Fill", "boxes_to_mask", "draw_boxes"]
 
@@ -33,10 +33,10 @@ __all__ = ["FILLS", "CutoutOptions", "CutoutTask", "Fill", "boxes_to_mask", "dra
 class CutoutOptions(ReconstructionOptions):
     """Options of :class:`CutoutTask` (after the U-Net's ``drop_skips`` and ``residual``)."""
 
-    drop_skips: int = option(2, check=at_least(0),
-                             help="shallowest U-Net skip connections left out (0: all kept; 2: the "
-                                  "inpainting has to pass through the deeper stages, which kNN and the "
-                                  "linear probe read)")
+    drop_skips: int | Literal["all"] = option(
+        2, check=skip_count,
+        help="shallowest U-Net skip connections left out (0: all kept; 2: the inpainting has to pass "
+             "through the deeper stages, which kNN and the linear probe read; all: none kept)")
     residual: bool = option(False, help="predict a correction of the input rather than the image (off: "
                                         "a noise-filled box is better replaced than corrected)")
     boxes: tuple[int, int] = range_option((1, 4), low=1, high=32, help="boxes per image (min, max), 1 to 32")

@@ -28,8 +28,8 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
-from selfsup_core import ClassificationTask, PretextBatch, TaskOptions, hookimpl
-from selfsup_core.options import above, all_of, ascending, one_of, option, within
+from selfsup_core import ClassificationTask, PretextBatch, TaskOptions, hookimpl, mlp_head
+from selfsup_core.options import above, all_of, ascending, at_least, one_of, option, within
 
 TRANSFORM_NAMES = ("rot0", "rot90", "rot180", "rot270", "vflip", "hflip")
 
@@ -61,6 +61,10 @@ class RotationOptions(TaskOptions):
     flip: bool = option(False, help="mirror half the images before the turn (4-way only: with 6-way "
                                     "a mirror image is itself a label)")
 
+    head_hidden: int = option(0, check=at_least(0),
+                              help="width of a hidden layer (BatchNorm, ReLU) between the pooled features "
+                                   "and the turn logits; 0: one linear layer")
+
     def validate(self) -> None:
         if self.flip and self.num_transforms == 6:
             raise ValueError("flip=true cannot go with num_transforms=6: flips are labels there")
@@ -85,6 +89,11 @@ class RotationTask(ClassificationTask):
     @property
     def num_classes(self) -> int:
         return self.options.num_transforms
+
+    def build_head(self, encoder: nn.Module) -> nn.Module:
+        if self.options.head_hidden:
+            return mlp_head(encoder.feature_dim, self.options.head_hidden, self.num_classes)
+        return super().build_head(encoder)
 
     def _augmenter(self, size: tuple[int, int]) -> nn.Module | None:
         if size not in self._augmenters:

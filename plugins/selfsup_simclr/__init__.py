@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup_core import PretextBatch, PretextTask, TaskOptions, create_augmentation, hookimpl
+from selfsup_core import PretextBatch, PretextTask, TaskOptions, create_augmentation, hookimpl, mlp_head
 from selfsup_core.options import at_least, option, positive
 
 
@@ -95,8 +95,7 @@ class SimCLRTask(PretextTask):
 
     def build_head(self, encoder: nn.Module) -> nn.Module:
         o = self.options
-        return nn.Sequential(nn.Linear(encoder.feature_dim, o.hidden_dim), nn.BatchNorm1d(o.hidden_dim),
-                             nn.ReLU(inplace=True), nn.Linear(o.hidden_dim, o.projection_dim))
+        return mlp_head(encoder.feature_dim, o.hidden_dim, o.projection_dim)
 
     def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Any, batch: PretextBatch) -> Any:
         first, second = inputs

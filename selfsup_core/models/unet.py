@@ -7,8 +7,10 @@ exported alone, exactly as for a classification task.
 The known trap of restoration pretexts: with skip connections from the
 full-resolution stages, the decoder can rebuild the image from the shallow
 stages alone and the deep layers -- the ones that are reused -- learn little.
-``drop_skips`` removes the ``k`` shallowest skips so the image has to pass
-through the deep stages.
+``drop_skips`` removes the ``k`` shallowest skips (``"all"``: every one) so
+the image has to pass through the deep stages; ``skip_dropout`` drops all
+skips for a random share of the images at each training step, so the deep
+stages learn to restore while the finished decoder still has its skips.
 
 Example:
     >>> from selfsup_core.encoders import build_encoder
@@ -22,6 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,32 +56,41 @@ class UNetDecoder(nn.Module):
     Args:
         stage_channels: The encoder's ``stage_channels``, shallow to deep.
         drop_skips: How many of the shallowest skip connections to leave out
-            (0 = classic U-Net; ``len(stage_channels) - 1`` = no skips at all,
-            everything passes through the deepest stage).
+            (0 = classic U-Net; ``"all"`` or ``len(stage_channels) - 1`` = no
+            skips at all, everything passes through the deepest stage).
         min_width: Narrowest decoder block.
         residual: Predict a correction of ``base`` instead of the image.
+        skip_dropout: Probability that an image's remaining skips are all
+            zeroed for one training step (drawn per image; never in eval mode).
 
     Raises:
-        ValueError: ``drop_skips`` outside ``[0, len(stage_channels) - 1]``.
+        ValueError: ``drop_skips`` outside ``[0, len(stage_channels) - 1]``
+            and not ``"all"``, or ``skip_dropout`` outside ``[0, 1]``.
     """
 
     def __init__(
         self,
         stage_channels: Sequence[int],
-        drop_skips: int = 0,
+        drop_skips: int | Literal["all"] = 0,
         min_width: int = 16,
         residual: bool = False,
+        skip_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         stage_channels = tuple(int(c) for c in stage_channels)
         n_skips = len(stage_channels) - 1
-        if not 0 <= drop_skips <= n_skips:
+        if drop_skips == "all":
+            drop_skips = n_skips
+        if isinstance(drop_skips, bool) or not isinstance(drop_skips, int) or not 0 <= drop_skips <= n_skips:
             raise ValueError(
-                f"drop_skips must be between 0 and {n_skips} (the encoder has "
-                f"{len(stage_channels)} stages), got {drop_skips}"
+                f"drop_skips must be 'all' or between 0 and {n_skips} (the encoder has "
+                f"{len(stage_channels)} stages), got {drop_skips!r}"
             )
+        if not 0.0 <= skip_dropout <= 1.0:
+            raise ValueError(f"skip_dropout must be between 0 and 1, got {skip_dropout}")
         self.stage_channels = stage_channels
         self.drop_skips = drop_skips
+        self.skip_dropout = skip_dropout
         widths = decoder_widths(stage_channels, min_width)
         blocks = []
         in_channels = stage_channels[-1]
@@ -97,9 +109,10 @@ class UNetDecoder(nn.Module):
             nn.init.zeros_(self.to_image.bias)
 
     @classmethod
-    def for_encoder(cls, encoder: nn.Module, drop_skips: int = 0, residual: bool = False) -> UNetDecoder:
+    def for_encoder(cls, encoder: nn.Module, drop_skips: int | Literal["all"] = 0, residual: bool = False,
+                    skip_dropout: float = 0.0) -> UNetDecoder:
         """The decoder matching ``encoder.stage_channels``."""
-        return cls(encoder.stage_channels, drop_skips=drop_skips, residual=residual)
+        return cls(encoder.stage_channels, drop_skips=drop_skips, residual=residual, skip_dropout=skip_dropout)
 
     def uses_skip(self, stage: int) -> bool:
         """Whether stage ``stage`` (0 = shallowest) feeds the decoder through a skip."""
@@ -116,11 +129,16 @@ class UNetDecoder(nn.Module):
         if len(stages) != len(self.stage_channels):
             raise ValueError(f"expected {len(self.stage_channels)} stages, got {len(stages)}")
         x = stages[-1]
+        keep = None
+        if self.training and self.skip_dropout > 0:
+            # One draw per image for all its skips: a dropped image is restored from the deepest stage alone.
+            keep = (torch.rand(len(x), 1, 1, 1, device=x.device) >= self.skip_dropout).to(x.dtype)
         for block, i in zip(self.up_blocks, range(len(stages) - 2, -1, -1)):
             # Interpolating to the stage's exact size handles odd input sizes.
             x = F.interpolate(x, size=stages[i].shape[-2:], mode="bilinear", align_corners=False)
             if self.uses_skip(i):
-                x = torch.cat([x, stages[i]], dim=1)
+                skip = stages[i] if keep is None else stages[i] * keep.to(stages[i].dtype)
+                x = torch.cat([x, skip], dim=1)
             x = block(x)
         x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
         x = self.to_image(self.final_block(x))

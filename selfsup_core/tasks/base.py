@@ -216,6 +216,20 @@ class PretextTask(nn.Module):
         return None
 
 
+def mlp_head(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    """Linear, BatchNorm, ReLU, Linear: the head of SimCLR's projection.
+
+    Between the encoder and the pretext's own output it takes up what only the
+    pretext needs, so the encoder's pooled features stay more general.
+
+    Example:
+        >>> mlp_head(512, 256, 4)(torch.zeros(2, 512)).shape
+        torch.Size([2, 4])
+    """
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out_features))
+
+
 class ClassificationTask(PretextTask):
     """A pretext task whose targets are class indices (rotation, jigsaw...).
 

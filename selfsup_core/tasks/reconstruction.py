@@ -14,13 +14,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup_core.models.unet import UNetDecoder
-from selfsup_core.options import at_least, option
+from selfsup_core.options import option, probability, skip_count
 from selfsup_core.tasks.base import PretextBatch, PretextTask
 from selfsup_core.tasks.options import TaskOptions
 
@@ -33,11 +33,14 @@ class ReconstructionOptions(TaskOptions):
     the field again (crappify: ``residual`` on by default).
     """
 
-    drop_skips: int = option(0, help="shallowest U-Net skip connections left out (0: all kept)",
-                             check=at_least(0))
+    drop_skips: int | Literal["all"] = option(0, check=skip_count,
+                                              help="shallowest U-Net skip connections left out (0: all kept; "
+                                                   "all: none kept)")
     residual: bool = option(False, help="the decoder predicts a correction added to the degraded input "
                                         "instead of the image")
-
+    skip_dropout: float = option(0.0, check=probability,
+                                 help="share of the images whose skips are all dropped at each training step "
+                                      "(drawn per image; the finished U-Net keeps its skips)")
 
 class ReconstructionTask(PretextTask):
     """A task whose head is a U-Net decoder and whose targets are clean images.
@@ -56,7 +59,7 @@ class ReconstructionTask(PretextTask):
 
     def build_head(self, encoder: nn.Module) -> nn.Module:
         return UNetDecoder.for_encoder(encoder, drop_skips=self.options.drop_skips,
-                                       residual=self.options.residual)
+                                       residual=self.options.residual, skip_dropout=self.options.skip_dropout)
 
     def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Any, batch: PretextBatch) -> Tensor:
         # A residual decoder corrects the degraded image itself: the batch's
