@@ -305,7 +305,8 @@ class BenchEvalConfig(Options):
     task_epochs: dict[str, int] = option(help="pretext epochs of one task, overriding --pretrain-epochs",
                                          default_factory=dict, default_text="none")
     finetune_epochs: int = option(30, help="fine-tune epochs", check=_ONE)
-    seeds: int = option(2, help="fine-tune seeds (2 or more measure the spread)", check=_ONE)
+    seeds: int = option(2, help="seeds: each pretrains, probes and fine-tunes anew (2 or more measure the "
+                                "spread)", check=_ONE)
     label_fraction: float = option(0.1, help="share of the train labels for fine-tuning",
                                    check=within(1e-9, 1.0))
     full_finetune: bool = option(False, help="also fine-tune with all labels (same epochs)")

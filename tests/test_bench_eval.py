@@ -25,9 +25,14 @@ def test_bench_eval_writes_table_and_json(tmp_path: Path, capsys) -> None:
     assert [r["encoder"] for r in report["rows"]] == ["random init", "rotation"]
     assert len(report["rows"][1]["finetune"]["values"]) == 2 and "beats" in report["rows"][1]["knn"]
     resolved = report["rows"][1]["resolved_task_options"]
-    assert resolved == {"num_transforms": 6, "crop_scale": [1.0, 1.0], "flip": False}  # defaults resolved too
+    assert resolved == {"num_transforms": 6, "crop_scale": [1.0, 1.0], "flip": False, "head_hidden": 0}  # defaults too
     lines = (out / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 2 * 2 + 2 + 2 + 2  # random kNN+linear per seed, random FT x2, task kNN+linear, FT x2
+    assert len(lines) == 2 * 2 + 2 + 2 * 2 + 2  # random and task: kNN+linear per seed, FT per seed
+    # Each seed pretrains anew: the row's seed range holds the pretraining's spread.
+    assert sorted(p.name for p in out.glob("pretrain-*")) == ["pretrain-rotation-seed0", "pretrain-rotation-seed1"]
+    assert len(report["rows"][1]["pretrain_seconds"]) == 2 and len(report["rows"][1]["knn"]["values"]) == 2
+    encoders = {json.loads(line)["encoder"] for line in lines if json.loads(line)["protocol"] == "knn"}
+    assert len(encoders - {"none"}) == 2  # kNN read each seed's own encoder
 
 
 def test_bench_eval_missing_data_is_one_line_error(tmp_path: Path, capsys) -> None:

@@ -1,24 +1,26 @@
 """``selfsup bench eval``: does pretraining beat a random encoder?
 
-For each chosen task it pretrains an encoder on Imagenette ``train``
-without labels, then judges it on ``val`` three ways, next to the same
-architecture randomly initialised, measured in the same run:
+For each chosen task and each seed (``--seeds``, at least two) it pretrains
+an encoder on Imagenette ``train`` without labels, then judges it on ``val``
+three ways, next to the same architecture randomly initialised with the same
+seed, measured in the same run:
 
 * kNN (k = 20, cosine, votes weighted by exp(sim / 0.07)) on frozen features,
   bank = every labelled train image;
 * linear probe on frozen, cached, standardised features;
 * fine-tune of the whole network with a seeded, class-balanced 10 % of the
-  train labels, once per seed (``--seeds``, at least two);
+  train labels;
 * optionally (``--full-finetune``) fine-tune with all labels.
 
 The random encoder's fine-tunes mirror the first task's fine-tune runs
 (``--encoder none --like RUN``), so both rows train the same network at the
 same size with the same recipe.
 
-"Beats random" means the gain exceeds the spread between seeds: for
-fine-tuning the larger of the two rows' seed ranges; for kNN and the linear
-probe (one pretrained encoder) the range of the random encoder over the
-seeds. It writes ``bench_eval.md`` (the table), ``bench_eval.json`` (every
+Every seed repeats the pretraining too, so the seed range of a row holds
+the pretraining's spread as well as the evaluation's: multi-threaded CPU
+kernels alone make two pretrainings with the same seed differ by several
+kNN points. "Beats random" means the gain exceeds the larger of the two
+rows' seed ranges. It writes ``bench_eval.md`` (the table), ``bench_eval.json`` (every
 number), ``bench_eval.png`` (a bar chart, when matplotlib is installed: the
 ``plot`` extra: mean bars, seed-range error bars, chance line; embedded in
 the Markdown with the command that reproduces it) and ``results.jsonl`` (one
@@ -37,7 +39,8 @@ defaults come to about 40 min of pretraining and 10 of fine-tuning, leaving
 headroom for a noisy machine. For a 64 px protocol pass
 ``--image-size 64 --pretrain-epochs 12``. On a busy shared machine
 use ``--threads 1``: with other processes on the cores, two intra-op threads
-ran a ResNet-18 step 17x slower than one. Results in ``docs/benchmarks.md``.
+ran a ResNet-18 step 17x slower than one. Each seed pretrains anew, so the
+pretraining time grows with ``--seeds``. Results in ``docs/benchmarks.md``.
 
 Example:
     $ selfsup bench eval --tasks rotation --pretrain-epochs 10 --threads 1
@@ -91,8 +94,8 @@ class Row:
     task_options: dict[str, Any] = field(default_factory=dict)
     resolved_options: dict[str, Any] = field(default_factory=dict)
     pretrain_epochs: int = 0
-    pretrain_seconds: float = 0.0
-    pretrain_metrics: dict[str, float] = field(default_factory=dict)
+    pretrain_seconds: list[float] = field(default_factory=list)  # per seed
+    pretrain_metrics: list[dict[str, float]] = field(default_factory=list)  # per seed
     knn: list[float] = field(default_factory=list)
     linear: list[float] = field(default_factory=list)
     finetune: list[float] = field(default_factory=list)
@@ -125,9 +128,9 @@ def run(args: BenchEvalConfig) -> int:
     assert split.val is not None
     log = out / RESULTS_NAME
 
-    def finetune_rows(encoder: str, row: Row, tag: str,
+    def finetune_rows(encoders: dict[int, str], row: Row, tag: str,
                       like: dict[tuple[float, int], str] | None = None) -> dict[tuple[float, int], str]:
-        """Fine-tune per label fraction and seed; returns the fine-tune run folders.
+        """Fine-tune per label fraction and seed (``encoders[seed]``); returns the fine-tune run folders.
 
         With ``like``, each fine-tune mirrors the run of the same fraction and
         seed (``--encoder none --like RUN``: same network, size and recipe).
@@ -138,7 +141,7 @@ def run(args: BenchEvalConfig) -> int:
         runs = {}
         for fraction, values in fractions:
             for seed in seeds:
-                where = {"encoder": encoder, "protocol": "finetune", "data": str(train_dir),
+                where = {"encoder": encoders[seed], "protocol": "finetune", "data": str(train_dir),
                          "val_data": str(val_dir), "seed": seed, "limit": args.limit, "out": out}
                 if like:
                     recipe = {"like": like[(fraction, seed)]}
@@ -167,23 +170,29 @@ def run(args: BenchEvalConfig) -> int:
 
     for task in tasks:
         epochs = task_epochs.get(task, args.pretrain_epochs)
-        logger.info("pretraining %s for %d epochs", task, epochs)
-        pre = pretrain(task=task, task_options=options.get(task, {}), data=str(train_dir),
-                       max_epochs=epochs, seed=0, out=str(out / f"pretrain-{task}"), overwrite=True, **common)
         # Every option the task ran with, defaults included: defaults change between versions.
         resolved = create_task(task, **options.get(task, {})).options.to_dict()
-        row = Row(task, options.get(task, {}), resolved, epochs, pre.seconds, pre.metrics)
-        frozen_rows(str(pre.encoder_path), row, 0)
-        runs = finetune_rows(str(pre.encoder_path), row, task)
+        row = Row(task, options.get(task, {}), resolved, epochs)
+        encoders = {}
+        for seed in seeds:  # one pretraining per seed: the row's spread holds the pretraining's
+            logger.info("pretraining %s for %d epochs, seed %d", task, epochs, seed)
+            pre = pretrain(task=task, task_options=options.get(task, {}), data=str(train_dir),
+                           max_epochs=epochs, seed=seed, out=str(out / f"pretrain-{task}-seed{seed}"),
+                           overwrite=True, **common)
+            row.pretrain_seconds.append(pre.seconds)
+            row.pretrain_metrics.append(pre.metrics)
+            encoders[seed] = str(pre.encoder_path)
+            frozen_rows(encoders[seed], row, seed)
+        runs = finetune_rows(encoders, row, task)
         tuned = tuned or runs
         rows.append(row)
 
-    # The baseline: the same architecture randomly initialised. Fine-tuned, it mirrors the first
-    # task's fine-tune runs (--encoder none --like RUN): same network, image size and recipe.
+    # The baseline: the same architecture randomly initialised, one encoder per seed. Fine-tuned, it
+    # mirrors the first task's fine-tune runs (--encoder none --like RUN): same network, size and recipe.
     baseline = Row(RANDOM)
-    for seed in seeds:  # a random encoder per seed: its spread is the noise floor of kNN and probe
+    for seed in seeds:
         frozen_rows("none", baseline, seed)
-    finetune_rows("none", baseline, RANDOM, like=tuned)
+    finetune_rows(dict.fromkeys(seeds, "none"), baseline, RANDOM, like=tuned)
     rows.insert(0, baseline)
 
     seconds = time.perf_counter() - started
@@ -220,11 +229,15 @@ def summarise(row: Row, baseline: Row) -> dict[str, Any]:
         entry: dict[str, Any] = {"values": values, "mean": mean, "spread": _spread(values)}
         if row is not baseline and base:
             gain = mean - statistics.fmean(base)
-            # Single-encoder protocols: the random encoder's seed spread is the noise floor.
             noise = max(_spread(values), _spread(base))
             entry.update(gain=gain, noise=noise, beats=gain > noise, measured_spread=len(base) > 1)
         summary[protocol] = entry
     return summary
+
+
+def row_name(row: dict[str, Any]) -> str:
+    """A row's name in the table and the chart: the encoder, then the task options it was given."""
+    return " ".join([row["encoder"], *(f"{k}={v}" for k, v in row["task_options"].items())])
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -252,9 +265,9 @@ def markdown_table(report: dict[str, Any]) -> str:
               f"fine-tune {frac} labels", "vs random"] + (["fine-tune 100 %", "vs random"] if full else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in report["rows"]:
-        name = r["encoder"] + (" " + " ".join(f"{k}={v}" for k, v in r["task_options"].items())
-                               if r["task_options"] else "")
-        pre = f"{r['pretrain_epochs']} ({r['pretrain_seconds']:.0f})" if r["pretrain_epochs"] else "-"
+        name = row_name(r)
+        seconds = r["pretrain_seconds"]
+        pre = f"{r['pretrain_epochs']} ({statistics.fmean(seconds):.0f})" if r["pretrain_epochs"] else "-"
         cells = [name, pre]
         for protocol in ("knn", "linear", "finetune") + (("finetune_full",) if full else ()):
             cells += [_cell(r.get(protocol)), _gain(r.get(protocol))]
@@ -265,8 +278,9 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"{s['arch']}, {s['image_size']} x {s['image_size']} px, {s['train_images']} train images, "
         f"fine-tune {s['finetune_epochs']} epochs. kNN: k=20, T=0.07, bank = all labelled train images. "
         f"Linear probe: standardised frozen features, full-batch AdamW, 300 steps. "
-        f"'yes' = gain larger than the noise floor (the larger seed range of the two rows; for kNN and "
-        f"linear, the random encoder's range over seeds). The random-init fine-tunes mirror the first task's "
+        f"Each seed pretrains, probes and fine-tunes anew; pretext seconds are per pretraining. "
+        f"'yes' = gain larger than the noise floor (the larger seed range of the two rows). "
+        f"The random-init fine-tunes mirror the first task's "
         f"(--encoder none --like RUN: same network, image size and recipe). "
         f"Wall time {report['wall_seconds'] / 60:.1f} min.",
         "",
@@ -312,9 +326,10 @@ def write_chart(report: dict[str, Any], path: Path) -> str:
     """A grouped bar chart (one group per protocol); returns a one-line note.
 
     Bars are the mean top-1 over seeds; error bars span the range (min to max)
-    over the seeds, drawn only where there are two or more values. A bar
-    measured once is marked "1 seed" (the pretrained encoders' kNN and linear
-    probe: one pretrained encoder). The dashed line is chance, 1 / classes.
+    over the seeds, drawn only where there are two or more values; a bar
+    measured once (``--seeds 1``) is marked "1 seed". The legend names each
+    row as the table does, options included. The dashed line is chance,
+    1 / classes.
     """
     try:
         import matplotlib
@@ -340,7 +355,7 @@ def write_chart(report: dict[str, Any], path: Path) -> str:
         xs = [j + offset for j, p in enumerate(protocols) if p in row]  # no bar where nothing was measured
         entries = [row[p] for p in protocols if p in row]
         means = [e["mean"] * 100 for e in entries]
-        bars = axes.bar(xs, means, width, label=row["encoder"])
+        bars = axes.bar(xs, means, width, label=row_name(row))
         for x, entry, mean in zip(xs, entries, means):
             values = [v * 100 for v in entry["values"]]
             top = max(top, *values)
@@ -361,8 +376,8 @@ def write_chart(report: dict[str, Any], path: Path) -> str:
     axes.set_title(f"{s['arch']}, {s['image_size']} px, {s.get('val_images', '?')} val images "
                    f"({Path(str(s.get('data', 'Imagenette'))).name})", fontsize=9)
     axes.legend(fontsize=7, loc="upper left")
-    note = (f"bars: mean over seeds; error bars: range (min to max) over {seeds} seeds; "
-            f"\"1 seed\": measured once, no spread" if seeds > 1 else
+    note = (f"bars: mean over seeds; error bars: range (min to max) over {seeds} seeds, each pretrained "
+            "anew" if seeds > 1 else
             "one seed: every bar measured once (\"1 seed\"), no spread measured, no error bars")
     figure.text(0.01, 0.01, note, fontsize=7, color="dimgray")
     figure.tight_layout(rect=(0, 0.04, 1, 1))
