@@ -174,3 +174,22 @@ def test_options_are_declared_once_and_saved_with_their_defaults() -> None:
     saved = task.options.to_dict()
     assert saved["jpeg_quality"] == [30, 30] and saved["resize_factor"] == [1.5, 4.0] and saved["loss"] == "l1"
     assert task.text_bank.shape == (1, 1, 32, 128)  # derived from the options: no text, no bank
+
+
+def test_the_documented_restoration_setting_runs_and_keeps_the_skips(tmp_path, capsys) -> None:  # noqa: ANN001
+    """docs/tasks.md's restoration command (the non-default U-Net) runs as written, plus a tiny encoder."""
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    from selfsup_core.cli import main
+
+    docs = (Path(__file__).parents[1] / "docs" / "tasks.md").read_text()
+    documented = "selfsup pretrain --task crappify --task-option drop_skips=0"
+    (line,) = [ln for ln in docs.splitlines() if ln.startswith(documented)]
+    out = tmp_path / "restore"
+    assert main([*shlex.split(line)[1:], "--arch", "tiny", "--num-workers", "0", "--out", str(out)]) == 0
+    options = yaml.safe_load((out / "config.yaml").read_text())["task_options"]
+    assert options["drop_skips"] == 0 and options["residual"] is True
+    assert "val/psnr" in capsys.readouterr().out
