@@ -100,3 +100,21 @@ def test_residual_decoder_starts_as_the_identity_on_the_unnormalised_input() -> 
     assert torch.allclose(out, images, atol=1e-5)
     with pytest.raises(ValueError, match="base image"):
         head(encoder.forward_stages(images), size=(32, 32))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["drop_skips=7"], "task 'crappify' on resnet18: drop_skips must be 'all' or between 0 and 4"),
+    (["skip_dropout=0.5"], "skip_dropout drops skips, but drop_skips=all leaves none"),
+    (["drop_skips=4", "skip_dropout=0.5"], "skip_dropout drops skips, but drop_skips=4 leaves none"),
+])
+def test_options_only_the_encoder_can_judge_fail_as_one_line_before_any_data(
+        options: list[str], message: str, tmp_path, capsys) -> None:  # noqa: ANN001
+    from selfsup_core.cli import main
+
+    flags = [word for option in options for word in ("--task-option", option)]
+    out = tmp_path / "run"
+    assert main(["pretrain", "--task", "crappify", *flags, "--data", str(tmp_path / "nowhere"),
+                 "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1  # one line, and before the missing data is noticed
+    assert not out.exists()

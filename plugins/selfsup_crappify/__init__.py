@@ -100,6 +100,7 @@ class CrappifyOptions(ReconstructionOptions):
         default_factory=dict, help="options of the other steps, by name, e.g. {posterize: {p: 0.3}}")
 
     def validate(self) -> None:
+        super().validate()
         repeated = sorted({name for name in self.degradations if self.degradations.count(name) > 1})
         if repeated:
             raise ValueError(f"degradations names {', '.join(repeated)} more than once")

@@ -65,7 +65,8 @@ class UNetDecoder(nn.Module):
 
     Raises:
         ValueError: ``drop_skips`` outside ``[0, len(stage_channels) - 1]``
-            and not ``"all"``, or ``skip_dropout`` outside ``[0, 1]``.
+            and not ``"all"``, ``skip_dropout`` outside ``[0, 1]``, or
+            ``skip_dropout`` with no skip left to drop.
     """
 
     def __init__(
@@ -88,6 +89,9 @@ class UNetDecoder(nn.Module):
             )
         if not 0.0 <= skip_dropout <= 1.0:
             raise ValueError(f"skip_dropout must be between 0 and 1, got {skip_dropout}")
+        if skip_dropout > 0 and drop_skips == n_skips:
+            raise ValueError(f"skip_dropout drops skips, but drop_skips={drop_skips} leaves none "
+                             f"(the encoder has {n_skips}): set drop_skips below {n_skips}")
         self.stage_channels = stage_channels
         self.drop_skips = drop_skips
         self.skip_dropout = skip_dropout

@@ -40,7 +40,13 @@ class ReconstructionOptions(TaskOptions):
                                         "instead of the image")
     skip_dropout: float = option(0.0, check=probability,
                                  help="share of the images whose skips are all dropped at each training step "
-                                      "(drawn per image; the finished U-Net keeps its skips)")
+                                      "(drawn per image; the finished U-Net keeps its skips; needs drop_skips "
+                                      "below all)")
+
+    def validate(self) -> None:
+        if self.skip_dropout > 0 and self.drop_skips == "all":
+            raise ValueError("skip_dropout drops skips, but drop_skips=all leaves none: "
+                             "set drop_skips below all (0 keeps every skip)")
 
 class ReconstructionTask(PretextTask):
     """A task whose head is a U-Net decoder and whose targets are clean images.

@@ -14,11 +14,13 @@ import torch
 from selfsup_core.config import PretrainConfig, resolve_defaults
 from selfsup_core.data.datamodule import ImageDataModule
 from selfsup_core.data.sources import load_split
+from selfsup_core.errors import TaskOptionError
 from selfsup_core.models.encoders import check_image_size
 from selfsup_core.models.export import WEIGHTS_NAME, EncoderInfo, save_encoder
 from selfsup_core.plugin.host import PluginHost
 from selfsup_core.plugin.registry import create_task
 from selfsup_core.quiet import quiet_job
+from selfsup_core.tasks.base import PretextTask
 from selfsup_core.training.pretext_module import PretextModule
 from selfsup_core.training.runs import (
     device_text,
@@ -88,8 +90,9 @@ def pretrain(
         config = resumed_config(config, "pretrain")
     config = resolve_defaults(config, "pretrain")
     # Fail on a bad task, task option or architecture before touching data.
-    create_task(config.task, host=host, **config.task_options)
-    check_image_size(config.arch, config.image_size, host=host)  # ResNets need 32 px, tiny 8
+    task = create_task(config.task, host=host, **config.task_options)
+    encoder = check_image_size(config.arch, config.image_size, host=host)  # ResNets need 32 px, tiny 8
+    check_head(task, encoder, config.arch)
     info = EncoderInfo.from_mapping({"arch": config.arch, "task": config.task, "image_size": config.image_size},
                                     source="pretrain")  # an image size no encoder file accepts fails now
 
@@ -131,3 +134,16 @@ def pretrain(
         logger.info("encoder written to %s", encoder_path)
         finish_checkpoint(run_dir, config.keep_checkpoint)  # deleted, or kept with a note saying it may be
     return PretrainResult(run_dir, encoder_path, metrics, seconds, primary=run.primary)
+
+
+def check_head(task: PretextTask, encoder: torch.nn.Module, arch: str) -> None:
+    """Build ``task``'s head on ``encoder``: options that only the encoder can judge
+    (a U-Net's ``drop_skips`` against its stages) fail as one line, before any data is read.
+
+    Raises:
+        TaskOptionError: the head refuses the options on this encoder.
+    """
+    try:
+        task.build_head(encoder)
+    except ValueError as exc:
+        raise TaskOptionError(f"task {task.name!r} on {arch}: {exc}") from None
