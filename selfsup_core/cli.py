@@ -52,10 +52,13 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def _task_key_value(text: str) -> tuple[str, str, Any]:
-    task, sep, rest = text.partition(":")
-    if not sep or not task.strip():
+    """``TASK:KEY=VALUE``, or ``TASK.KEY=VALUE`` as pretrain writes a multi-task part's option."""
+    name, equals, value = text.partition("=")
+    separator = ":" if ":" in name else "."
+    task, sep, key = name.partition(separator)
+    if not sep or not task.strip() or not equals:
         raise argparse.ArgumentTypeError(f"expected TASK:KEY=VALUE, got {text!r}")
-    return (task.strip(), *_key_value(rest))
+    return (task.strip(), *_key_value(f"{key}={value}"))
 
 
 def _pretrain_flags(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +72,8 @@ def _pretrain_flags(parser: argparse.ArgumentParser) -> None:
 def _bench_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-option", dest="task_option_items", type=_task_key_value, action="append",
                         default=argparse.SUPPRESS, metavar="TASK:KEY=VALUE",
-                        help="an option of one task, e.g. rotation:num_transforms=6, repeatable "
-                             "(default: each task's defaults)")
+                        help="an option of one task, e.g. rotation:num_transforms=6 (or "
+                             "rotation.num_transforms=6), repeatable (default: each task's defaults)")
     parser.add_argument("--task-epochs", dest="task_epoch_items", type=_key_value, action="append",
                         default=argparse.SUPPRESS, metavar="TASK=N",
                         help="pretext epochs of one task, overriding --pretrain-epochs, repeatable (default: none)")

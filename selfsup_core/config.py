@@ -301,7 +301,7 @@ class BenchEvalConfig(Options):
     arch: str = option("resnet18", help="encoder architecture")
     image_size: int = option(32, help="square image size", check=_ONE)
     batch_size: int = option(128, help="images per batch", check=_ONE)
-    pretrain_epochs: int = option(60, help="pretext epochs of each task", check=_ONE)
+    pretrain_epochs: int = option(30, help="pretext epochs of each task, per seed", check=_ONE)
     task_epochs: dict[str, int] = option(help="pretext epochs of one task, overriding --pretrain-epochs",
                                          default_factory=dict, default_text="none")
     finetune_epochs: int = option(30, help="fine-tune epochs", check=_ONE)

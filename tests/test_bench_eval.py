@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import write_image_folder
 
 from selfsup_core.cli import main
@@ -25,11 +26,13 @@ def test_bench_eval_writes_table_and_json(tmp_path: Path, capsys) -> None:
     assert [r["encoder"] for r in report["rows"]] == ["random init", "rotation"]
     assert len(report["rows"][1]["finetune"]["values"]) == 2 and "beats" in report["rows"][1]["knn"]
     resolved = report["rows"][1]["resolved_task_options"]
-    assert resolved == {"num_transforms": 6, "crop_scale": [1.0, 1.0], "flip": False, "head_hidden": 0}  # defaults too
+    assert resolved == {"num_transforms": 6, "crop_scale": [1.0, 1.0], "flip": False, "all_turns": False,
+                        "head_hidden": 0}  # defaults too
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 + 2 + 2 * 2 + 2  # random and task: kNN+linear per seed, FT per seed
     # Each seed pretrains anew: the row's seed range holds the pretraining's spread.
     assert sorted(p.name for p in out.glob("pretrain-*")) == ["pretrain-rotation-seed0", "pretrain-rotation-seed1"]
+    assert not list(out.rglob("*.ckpt")) and len(list(out.glob("pretrain-*/encoder.safetensors"))) == 2
     assert len(report["rows"][1]["pretrain_seconds"]) == 2 and len(report["rows"][1]["knn"]["values"]) == 2
     encoders = {json.loads(line)["encoder"] for line in lines if json.loads(line)["protocol"] == "knn"}
     assert len(encoders - {"none"}) == 2  # kNN read each seed's own encoder
@@ -38,3 +41,25 @@ def test_bench_eval_writes_table_and_json(tmp_path: Path, capsys) -> None:
 def test_bench_eval_missing_data_is_one_line_error(tmp_path: Path, capsys) -> None:
     assert main(["bench", "eval", "--data", str(tmp_path / "nowhere")]) == 1
     assert "train/ and val/" in capsys.readouterr().err
+
+
+def test_one_seed_gives_no_verdict_two_seeds_compare_the_gain_with_the_spread() -> None:
+    from selfsup_core.bench.eval import Row, _gain, summarise
+
+    random, task = Row("random init", knn=[0.30]), Row("rotation", knn=[0.35])
+    entry = summarise(task, random)["knn"]
+    assert entry["beats"] is None and _gain(entry) == "+5.0 (one seed: noise not measured)"
+    random, task = Row("random init", knn=[0.30, 0.32]), Row("rotation", knn=[0.33, 0.37])
+    entry = summarise(task, random)["knn"]
+    assert entry["noise"] == pytest.approx(0.04) and entry["beats"] is False  # +4 points against a 4-point spread
+    task = Row("rotation", knn=[0.36, 0.37])
+    assert summarise(task, random)["knn"]["beats"] is True  # +5.5 against 2
+
+
+@pytest.mark.parametrize("text", ["crappify:drop_skips=all", "crappify.drop_skips=all"])
+def test_a_task_option_names_its_task_with_a_colon_or_a_dot_as_pretrain_does(text: str) -> None:
+    from selfsup_core.cli import build_parser
+
+    args = build_parser(["bench", "eval"]).parse_args(["bench", "eval", "--task-option", text,
+                                                       "--task-option", "rotation:crop_scale=[0.5, 1.0]"])
+    assert args.task_option_items == [("crappify", "drop_skips", "all"), ("rotation", "crop_scale", [0.5, 1.0])]

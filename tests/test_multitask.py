@@ -50,6 +50,7 @@ def test_options_go_to_their_task_and_are_resolved() -> None:
         ("rotation+cutout", {"cutout.nope": 1}, TaskOptionError, "has no option 'nope'"),
         ("rotation+cutout", {"jigsaw.num_permutations": 6}, TaskOptionError, "not one of its tasks"),
         ("rotation+cutout", {"fill": "zero"}, TaskOptionError, "must name its task"),
+        ("rotation+cutout", {"cutout:fill": "zero"}, TaskOptionError, r"written TASK.KEY: cutout.fill='zero'"),
         ("rotation+nosuchtask", {}, UnknownTaskError, "unknown task 'nosuchtask'"),
     ],
 )

@@ -26,21 +26,22 @@ number), ``bench_eval.png`` (a bar chart, when matplotlib is installed: the
 the Markdown with the command that reproduces it) and ``results.jsonl`` (one
 line per evaluation) into ``--out``.
 
-Default size, and why: 32 x 32 px, ResNet-18, 60 pretext epochs on all of
-train, 30 fine-tune epochs, 2 seeds. On 2 idle CPU cores a ResNet-18 train
-step runs at ~1,100 images/s at 32 px but ~240 at 64 px; the U-Net tasks
-(cutout, crappify) run at about 0.75x and 0.5x of rotation's speed. At 64 px
-the ~90-minute budget leaves about 12 pretext epochs per task, too few to
-matter (on a GPU, 30 vs 90 rotation epochs moved kNN from 47 % to 55 %); at
-32 px it leaves 60. Measured on 2 cores shared with other jobs (about 4x
-slower than idle): 8 pretext epochs of the three tasks took 162 + 523 +
-657 s and each 20-epoch fine-tune 96-229 s; scaled to idle cores the
-defaults come to about 40 min of pretraining and 10 of fine-tuning, leaving
-headroom for a noisy machine. For a 64 px protocol pass
-``--image-size 64 --pretrain-epochs 12``. On a busy shared machine
-use ``--threads 1``: with other processes on the cores, two intra-op threads
-ran a ResNet-18 step 17x slower than one. Each seed pretrains anew, so the
-pretraining time grows with ``--seeds``. Results in ``docs/benchmarks.md``.
+Default size, and why: 32 x 32 px, ResNet-18, 30 pretext epochs on all of
+train for each of 2 seeds, 30 fine-tune epochs. On 2 idle CPU cores a
+ResNet-18 train step runs at ~1,100 images/s at 32 px but ~240 at 64 px;
+the U-Net tasks (cutout, crappify) run at about 0.75x and 0.5x of rotation's
+speed. At 64 px a ~90-minute budget leaves too few pretext epochs to matter
+(on a GPU, 30 vs 90 rotation epochs moved kNN from 47 % to 55 %). Measured
+on 2 cores shared with other jobs (about 4x slower than idle): 8 pretext
+epochs of the three tasks took 162 + 523 + 657 s and each 20-epoch
+fine-tune 96-229 s; scaled to idle cores, 30 epochs of the three default
+tasks for each of 2 seeds come to about 40 min of pretraining in all, and
+the fine-tunes to about 10. For a 64 px protocol pass ``--image-size 64
+--pretrain-epochs 12``. On a busy shared machine use ``--threads 1``: with
+other processes on the cores, two intra-op threads ran a ResNet-18 step 17x
+slower than one. Each seed pretrains anew, so the pretraining time grows
+with ``--seeds``; ``--seeds 1`` measures no spread and gives no verdict.
+Results in ``docs/benchmarks.md``.
 
 Example:
     $ selfsup bench eval --tasks rotation --pretrain-epochs 10 --threads 1
@@ -178,7 +179,7 @@ def run(args: BenchEvalConfig) -> int:
             logger.info("pretraining %s for %d epochs, seed %d", task, epochs, seed)
             pre = pretrain(task=task, task_options=options.get(task, {}), data=str(train_dir),
                            max_epochs=epochs, seed=seed, out=str(out / f"pretrain-{task}-seed{seed}"),
-                           overwrite=True, **common)
+                           overwrite=True, keep_checkpoint=False, **common)  # the encoder file is what is kept
             row.pretrain_seconds.append(pre.seconds)
             row.pretrain_metrics.append(pre.metrics)
             encoders[seed] = str(pre.encoder_path)
@@ -230,7 +231,9 @@ def summarise(row: Row, baseline: Row) -> dict[str, Any]:
         if row is not baseline and base:
             gain = mean - statistics.fmean(base)
             noise = max(_spread(values), _spread(base))
-            entry.update(gain=gain, noise=noise, beats=gain > noise, measured_spread=len(base) > 1)
+            measured = len(values) > 1 and len(base) > 1
+            # One seed measures no spread: no verdict rather than "yes" against a noise of 0.
+            entry.update(gain=gain, noise=noise, beats=gain > noise if measured else None, measured_spread=measured)
         summary[protocol] = entry
     return summary
 
@@ -252,6 +255,8 @@ def _cell(entry: dict[str, Any] | None) -> str:
 def _gain(entry: dict[str, Any] | None) -> str:
     if entry is None or "gain" not in entry:
         return "-"
+    if entry["beats"] is None:
+        return f"{entry['gain'] * 100:+.1f} (one seed: noise not measured)"
     verdict = "yes" if entry["beats"] else "no"
     return f"{entry['gain'] * 100:+.1f} ({verdict}, noise {entry['noise'] * 100:.1f})"
 

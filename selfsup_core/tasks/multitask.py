@@ -78,6 +78,10 @@ def nest_options(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
             nested.setdefault(task, {})[option_name] = value
         elif isinstance(value, dict):
             nested.setdefault(task, {}).update(value)
+        elif ":" in key:  # bench eval's TASK:KEY form
+            task, _, option_name = key.partition(":")
+            raise TaskOptionError(f"a multi-task's option is written TASK.KEY: {task}.{option_name}={value!r}, "
+                                  f"not {key}.")
         else:
             raise TaskOptionError(f"a multi-task's option {key!r} must name its task: write TASK.{key}={value!r}.")
     return nested
