@@ -70,7 +70,8 @@ def test_options_resolve_with_their_defaults() -> None:
 
     task = create_task("rotation", crop_scale=0.5)
     assert isinstance(task, RotationTask) and task.options == RotationOptions(crop_scale=(0.5, 1.0))
-    assert task.options.to_dict() == {"num_transforms": 4, "crop_scale": [0.5, 1.0], "flip": False, "head_hidden": 0}
+    assert task.options.to_dict() == {"num_transforms": 4, "crop_scale": [0.5, 1.0], "flip": False, "all_turns": False,
+                                      "head_hidden": 0}
     assert create_task("rotation", num_transforms=6).num_classes == 6
 
 
@@ -82,3 +83,13 @@ def test_head_hidden_puts_a_hidden_layer_before_the_turn_logits() -> None:
     head = create_task("rotation", head_hidden=32, num_transforms=6).build_head(encoder)
     assert [type(m).__name__ for m in head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
     assert head(torch.zeros(2, encoder.feature_dim)).shape == (2, 6) and head[0].out_features == 32
+
+
+def test_all_turns_shows_each_image_of_a_group_in_every_orientation() -> None:
+    images = torch.rand(10, 3, 8, 8)
+    batch = create_task("rotation", all_turns=True).make_batch(images)
+    assert batch.inputs.shape == images.shape and batch.targets[:8].tolist() == [0, 1, 2, 3] * 2
+    for i in range(8):  # image i // 4 in turn i % 4
+        assert torch.equal(batch.inputs[i], torch.rot90(images[i // 4], i % 4, dims=(-2, -1)))
+    assert torch.equal(batch.inputs[8:], torch.stack([torch.rot90(images[8 + j], int(batch.targets[8 + j]),
+                                                                  dims=(-2, -1)) for j in range(2)]))

@@ -61,6 +61,8 @@ class RotationOptions(TaskOptions):
     flip: bool = option(False, help="mirror half the images before the turn (4-way only: with 6-way "
                                     "a mirror image is itself a label)")
 
+    all_turns: bool = option(False, help="show the first 1/num_transforms of each batch in every orientation "
+                                         "(RotNet's own recipe) instead of one random turn per image")
     head_hidden: int = option(0, check=at_least(0),
                               help="width of a hidden layer (BatchNorm, ReLU) between the pooled features "
                                    "and the turn logits; 0: one linear layer")
@@ -114,6 +116,12 @@ class RotationTask(ClassificationTask):
             raise ValueError("rotation needs square images")
         images = self._augmented(images)
         labels = torch.randint(self.num_classes, (len(images),), device=images.device)
+        if self.options.all_turns:
+            # Same batch size: image i // n in turn i % n (a tail that fills no whole group keeps random turns).
+            group = len(images) // self.num_classes * self.num_classes
+            images = torch.cat([images[:group // self.num_classes].repeat_interleave(self.num_classes, 0),
+                                images[group:]])
+            labels[:group] = torch.arange(group, device=images.device) % self.num_classes
         inputs = images.clone()
         # One vectorised op per transform over the images that drew it.
         for index in range(1, self.num_classes):
