@@ -18,7 +18,7 @@ Sections, in this order, each reported with its wall seconds:
   (``--compile``) against eager, plus the first call's compile time.
 
 The three comparisons of the train step run the throughput benchmark's own
-models, batch sources and timing loop (``throughput._Bench``), so each
+models, batch sources and timing loop (``throughput.ThroughputBench``), so each
 measures what the throughput section measures with one switch flipped; the
 two halves of a comparison are measured ``--repeats`` times, interleaved.
 
@@ -202,7 +202,7 @@ class _Run:
     budget: Budget
     recorder: Recorder
     decoded: DecodedImages | None = None  # PIL-decoded at --image-size: the nvjpeg section's, else decoded later
-    bench: throughput._Bench | None = None
+    bench: throughput.ThroughputBench | None = None
 
     @property
     def num_workers(self) -> int:
@@ -229,10 +229,11 @@ class _Run:
             self.decoded = load_decoded(subset, self.config.image_size, self.num_workers, cache=False)
         return self.decoded
 
-    def comparison_bench(self) -> throughput._Bench:
+    def comparison_bench(self) -> throughput.ThroughputBench:
         """bench throughput's models and batch sources (on the decoded images), made once for the comparisons."""
         if self.bench is None:
-            self.bench = throughput._Bench(self.throughput_config(), self.device, create_task(self.config.task))
+            task = create_task(self.config.task)
+            self.bench = throughput.ThroughputBench(self.throughput_config(), self.device, task)
             self.bench.images = self.decoded_images().images
         return self.bench
 
@@ -324,7 +325,7 @@ def data_on_device_section(state: _Run, allowance_s: float) -> dict[str, Any]:
     bench = state.comparison_bench()
 
     def loop(resident: bool) -> Measure:
-        return lambda steps: bench._time(bench._selfsup_batches(0, resident=resident), bench._selfsup_train, steps)
+        return lambda steps: bench.time_steps(bench.selfsup_batches(0, resident=resident), bench.selfsup_train, steps)
 
     return compare(state, "data_on_device", {
         "on_device": ("(b) batches gathered from the images in device memory, no workers", loop(True)),
@@ -351,7 +352,7 @@ def compile_section(state: _Run, allowance_s: float) -> dict[str, Any]:
     if allowance_s < COMPILE_S:
         raise _Skip(f"skipped: {allowance_s:.0f} s of the budget left, torch.compile needs about {COMPILE_S:.0f} s")
     bench = state.comparison_bench()
-    compiled = bench._model(bench.task)  # a second encoder and head, of the same architecture
+    compiled = bench.build_model(bench.task)  # a second encoder and head, of the same architecture
     for module in compiled[:2]:
         module.compile()  # as training.trainer.compile_model does: in place, state-dict keys unchanged
     measure = train_step(bench, model=compiled)
@@ -365,7 +366,7 @@ def compile_section(state: _Run, allowance_s: float) -> dict[str, Any]:
     return {"compile_s": round(compile_s, 1), **result}
 
 
-def train_step(bench: throughput._Bench, *, bf16: bool | None = None,
+def train_step(bench: throughput.ThroughputBench, *, bf16: bool | None = None,
                model: tuple[Any, Any, Any] | None = None) -> Measure:
     """bench throughput's model step (c): ``bf16`` switches autocast, ``model`` replaces its model.
 
@@ -375,13 +376,13 @@ def train_step(bench: throughput._Bench, *, bf16: bool | None = None,
         1843.2
     """
     def consume(ready: Any) -> int:
-        return bench._train(bench.task, model or bench.model, *ready)
+        return bench.train(bench.task, model or bench.model, *ready)
 
     def measure(steps: int) -> float:
         saved = bench.bf16
         bench.bf16 = saved if bf16 is None else bf16
         try:
-            return bench._time(bench._resident_step_source(), consume, steps)
+            return bench.time_steps(bench.resident_step_source(), consume, steps)
         finally:
             bench.bf16 = saved
 

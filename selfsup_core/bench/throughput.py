@@ -83,7 +83,7 @@ def run(args: BenchThroughputConfig, out: TextIO | None = None) -> int:
     random.seed(args.seed)
     image_list = limited(scan_folder(args.data), args.limit, args.seed)
     task = create_task(args.task)
-    bench = _Bench(args, device, task)
+    bench = ThroughputBench(args, device, task)
 
     def emit(record: dict[str, Any]) -> None:
         out.write(json.dumps(record) + "\n")
@@ -127,8 +127,11 @@ class _TutorialRotation(ClassificationTask):
     num_classes = 4
 
 
-class _Bench:
+class ThroughputBench:
     """The models, optimisers and batch sources shared by every measurement.
+
+    ``selfsup bench gpu`` reuses them for its comparisons (bf16, compile, data
+    on the device), so every bench times the same step the same way.
 
     selfsup's path trains ``--task``'s model; the tutorial's path trains the
     tutorial's (the encoder and a 4-way rotation head), so the two loops
@@ -141,12 +144,13 @@ class _Bench:
         self.channels_last = device.type == "cuda"
         self.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.normalizer = Normalizer(channels_last=self.channels_last).to(device)
-        self.model = self._model(task)
+        self.model = self.build_model(task)
         self.tutorial_task = _TutorialRotation()
-        self.tutorial_model = self._model(self.tutorial_task)
+        self.tutorial_model = self.build_model(self.tutorial_task)
         self.images: Tensor | None = None
 
-    def _model(self, task: PretextTask) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+    def build_model(self, task: PretextTask) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+        """A fresh ``--arch`` encoder, ``task``'s head and their optimiser, on the device as the trainer sets them."""
         encoder = build_encoder(self.args.arch)
         head = task.build_head(encoder)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -190,23 +194,23 @@ class _Bench:
     def measurements(self, image_list: ImageList) -> dict[str, Callable[[], float]]:
         a = self.args
         found: dict[str, Callable[[], float]] = {
-            "model_step": lambda: self._time(self._resident_step_source(), self._resident_step, a.steps),
-            "selfsup_loop": lambda: self._time(
-                self._selfsup_batches(0, resident=False), self._selfsup_train, a.steps),
-            "selfsup_data": lambda: self._time(
-                self._selfsup_batches(a.num_workers, resident=False), self._selfsup_data, a.data_steps),
-            "selfsup_data_resident": lambda: self._time(
-                self._selfsup_batches(0, resident=True), self._selfsup_data, a.data_steps),
+            "model_step": lambda: self.time_steps(self.resident_step_source(), self._resident_step, a.steps),
+            "selfsup_loop": lambda: self.time_steps(
+                self.selfsup_batches(0, resident=False), self.selfsup_train, a.steps),
+            "selfsup_data": lambda: self.time_steps(
+                self.selfsup_batches(a.num_workers, resident=False), self._selfsup_data, a.data_steps),
+            "selfsup_data_resident": lambda: self.time_steps(
+                self.selfsup_batches(0, resident=True), self._selfsup_data, a.data_steps),
         }
-        found["tutorial_loop"] = lambda: self._time(
+        found["tutorial_loop"] = lambda: self.time_steps(
             self._tutorial_batches(image_list), self._tutorial_train, a.steps)
-        found["tutorial_data"] = lambda: self._time(
+        found["tutorial_data"] = lambda: self.time_steps(
             self._tutorial_batches(image_list), self._tutorial_data, a.data_steps)
         return found
 
     # -- timing ---------------------------------------------------------------------
 
-    def _time(self, batches: Iterator[Any], consume: Callable[[Any], int], steps: int) -> float:
+    def time_steps(self, batches: Iterator[Any], consume: Callable[[Any], int], steps: int) -> float:
         """Images/s of ``consume`` over ``steps`` batches, after ``--warmup`` untimed ones."""
         try:
             for _ in range(self.args.warmup):
@@ -224,7 +228,8 @@ class _Bench:
 
     # -- the train step: the trainer's own step functions ----------------------------------
 
-    def _train(self, task: PretextTask, model: tuple[Any, Any, Any], batch: PretextBatch, inputs: Any) -> int:
+    def train(self, task: PretextTask, model: tuple[Any, Any, Any], batch: PretextBatch, inputs: Any) -> int:
+        """One training step of ``model`` (from :meth:`build_model`) on a prepared batch; returns its images."""
         encoder, head, optimizer = model
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             result = forward_loss(task, encoder, head, batch, inputs)
@@ -233,7 +238,7 @@ class _Bench:
 
     # -- selfsup's path --------------------------------------------------------------
 
-    def _selfsup_batches(self, num_workers: int, resident: bool) -> Iterator[Tensor]:
+    def selfsup_batches(self, num_workers: int, resident: bool) -> Iterator[Tensor]:
         """uint8 batches from the trainer's own data module (same dataset, sampler and loader)."""
         assert self.images is not None
         images = self.images
@@ -252,10 +257,12 @@ class _Bench:
     def _selfsup_data(self, uint8: Tensor) -> int:
         return _count(self._selfsup_ready(uint8)[1])
 
-    def _selfsup_train(self, uint8: Tensor) -> int:
-        return self._train(self.task, self.model, *self._selfsup_ready(uint8))
+    def selfsup_train(self, uint8: Tensor) -> int:
+        """A full trainer step from a uint8 batch: on the device, make the pretext batch, train."""
+        return self.train(self.task, self.model, *self._selfsup_ready(uint8))
 
-    def _resident_step_source(self) -> Iterator[tuple[PretextBatch, Any]]:
+    def resident_step_source(self) -> Iterator[tuple[PretextBatch, Any]]:
+        """One prepared batch, repeated: the model step alone (the ceiling of the loop)."""
         assert self.images is not None
         count = min(self.args.batch_size, len(self.images))
         ready = self._selfsup_ready(self.images[:count])
@@ -263,7 +270,7 @@ class _Bench:
             yield ready
 
     def _resident_step(self, ready: tuple[PretextBatch, Any]) -> int:
-        return self._train(self.task, self.model, *ready)
+        return self.train(self.task, self.model, *ready)
 
     # -- the tutorial's path ------------------------------------------------------------
 
@@ -286,7 +293,7 @@ class _Bench:
         return _count(self._tutorial_ready(batch)[1])
 
     def _tutorial_train(self, batch: tuple[Tensor, Tensor]) -> int:
-        return self._train(self.tutorial_task, self.tutorial_model, *self._tutorial_ready(batch))
+        return self.train(self.tutorial_task, self.tutorial_model, *self._tutorial_ready(batch))
 
 
 class TutorialRotationDataset(torch.utils.data.Dataset[tuple[Tensor, int]]):
