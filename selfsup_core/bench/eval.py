@@ -1,9 +1,10 @@
 """``selfsup bench eval``: does pretraining beat a random encoder?
 
-For each chosen task and each seed (``--seeds``, at least two) it pretrains
-an encoder on Imagenette ``train`` without labels, then judges it on ``val``
-three ways, next to the same architecture randomly initialised with the same
-seed, measured in the same run:
+For each chosen task and each seed (``--seeds``: two or more measure the
+spread; one gives no verdict) it pretrains an encoder on Imagenette
+``train`` without labels, then judges it on ``val`` three ways, next to the
+same architecture randomly initialised with the same seed, measured in the
+same run:
 
 * kNN (k = 20, cosine, votes weighted by exp(sim / 0.07)) on frozen features,
   bank = every labelled train image;
@@ -29,9 +30,9 @@ line per evaluation) into ``--out``.
 Default size, and why: 32 x 32 px, ResNet-18, 30 pretext epochs on all of
 train for each of 2 seeds, 30 fine-tune epochs. On 2 idle CPU cores a
 ResNet-18 train step runs at ~1,100 images/s at 32 px but ~240 at 64 px;
-the U-Net tasks (cutout, crappify) run at about 0.75x and 0.5x of rotation's
-speed. At 64 px a ~90-minute budget leaves too few pretext epochs to matter
-(on a GPU, 30 vs 90 rotation epochs moved kNN from 47 % to 55 %). Measured
+an epoch of a U-Net task (cutout, crappify) or of simclr costs about 1.75
+rotation epochs (``docs/performance.md``). At 64 px a ~90-minute budget
+leaves too few pretext epochs to matter. Measured
 on 2 cores shared with other jobs (about 4x slower than idle): 8 pretext
 epochs of the three tasks took 162 + 523 + 657 s and each 20-epoch
 fine-tune 96-229 s; scaled to idle cores, 30 epochs of the three default
