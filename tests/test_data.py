@@ -88,6 +88,18 @@ def test_stratified_subset_keeps_every_class_and_is_seeded() -> None:
     assert len(stratified_subset(83, None, count=10, seed=0)) == 10
 
 
+@pytest.mark.parametrize("count", [3, 10, 37, 300, 999])
+def test_a_stratified_count_is_met_exactly_with_every_class_kept(count: int) -> None:
+    labels = torch.tensor([0] * 517 + [1] * 301 + [2] * 93 + [3] * 7 + [4] * 83)  # proportions that round badly
+    subset = stratified_subset(len(labels), labels, count=count, seed=0)
+    counts = torch.bincount(labels[subset], minlength=5)
+    assert len(subset) == max(count, 5) and len(subset.unique()) == len(subset)  # --limit 300 gave 298
+    assert (counts >= 1).all()
+    if count >= 5:  # below one image per class, every class gets one
+        shares = counts.float() / len(subset)
+        assert torch.allclose(shares, torch.bincount(labels).float() / len(labels), atol=1 / count + 0.01)
+
+
 def test_split_is_disjoint_and_complete() -> None:
     train, val = split_indices(100, 0.2, seed=3)
     assert len(val) == 20 and set(train.tolist()).isdisjoint(val.tolist())

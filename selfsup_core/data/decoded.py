@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,8 +256,10 @@ def stratified_subset(
     """Seeded indices of a subset, stratified by class when labels exist.
 
     Give either ``count`` (total size) or ``fraction``. Each class keeps a
-    share proportional to its size, and at least one image. Indices come
-    back sorted, so the subset keeps the data set's order.
+    share proportional to its size, and at least one image; a ``count`` is
+    met exactly (the rounding goes to the classes with the largest
+    remainders) unless it is below the number of classes. Indices come back
+    sorted, so the subset keeps the data set's order.
 
     Example:
         >>> stratified_subset(6, [0, 0, 0, 1, 1, 1], fraction=0.34, seed=0).tolist()  # doctest: +SKIP
@@ -270,13 +273,32 @@ def stratified_subset(
         take = max(1, min(n, take))
         return torch.randperm(n, generator=generator)[:take].sort().values
     labels = torch.as_tensor(labels)
-    share = (count / n) if count is not None else float(fraction)  # type: ignore[operator]
-    chosen = []
-    for cls in labels.unique().tolist():
-        members = (labels == cls).nonzero().flatten()
-        take = max(1, min(len(members), round(len(members) * share)))
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    classes = [(labels == cls).nonzero().flatten() for cls in labels.unique().tolist()]
+    sizes = [len(members) for members in classes]
+    if count is not None:
+        takes = _apportion(sizes, count)
+    else:
+        takes = [max(1, min(size, round(size * float(fraction)))) for size in sizes]  # type: ignore[arg-type]
+    chosen = [members[torch.randperm(len(members), generator=generator)[:take]]
+              for members, take in zip(classes, takes)]
     return torch.cat(chosen).sort().values
+
+
+def _apportion(sizes: list[int], count: int) -> list[int]:
+    """``count`` split over classes in proportion to ``sizes``, each at least one (largest remainders)."""
+    if count <= len(sizes):
+        return [1] * len(sizes)
+    quotas = [size * count / sum(sizes) for size in sizes]
+    takes = [min(size, max(1, math.floor(quota))) for size, quota in zip(sizes, quotas)]
+    while sum(takes) > count:  # the one-image floor overshot: take back from the most over-served class
+        over = max((i for i, take in enumerate(takes) if take > 1), key=lambda i: takes[i] - quotas[i])
+        takes[over] -= 1
+    for i in sorted(range(len(sizes)), key=lambda i: quotas[i] - takes[i], reverse=True):
+        if sum(takes) >= count:  # flooring left fewer than one image per class to hand out
+            break
+        if takes[i] < sizes[i]:
+            takes[i] += 1
+    return takes
 
 
 def check_label_fraction(fraction: float) -> None:
