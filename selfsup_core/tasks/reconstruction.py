@@ -30,7 +30,7 @@ class ReconstructionOptions(TaskOptions):
     """Options of every restoration task: the shape of its U-Net head.
 
     Subclasses add their own options and may change a default by declaring
-    the field again (crappify: ``residual`` on by default).
+    the field again (crappify: ``drop_skips="all"`` by default).
     """
 
     drop_skips: int | Literal["all"] = option(0, check=skip_count,
