@@ -113,7 +113,8 @@ class RunConfig(ParallelOptions):
         None, help="keep decoded images in GPU memory and sample there",
         default_text="on a GPU, when they fit in a quarter of its free memory")
     compile: bool = option(False, help="torch.compile encoder and head (slow start, faster GPU steps)")
-    progress: bool = option(True, help="show progress bars")
+    progress: bool | None = option(None, help="show progress bars",
+                                   default_text="when the output is a terminal, not in a log file")
     keep_checkpoint: bool = option(
         True, help="keep checkpoints/last.ckpt when the run ends (only --resume needs it; "
                    "deleting it loses nothing else)")

@@ -228,3 +228,22 @@ def test_previews_reach_tensorboard_titled(tmp_path: Path) -> None:
 
     with Image.open(run / "previews" / "epoch_000.png") as png:
         assert (image.width, image.height) == png.size  # the titled grid, not the bare one
+
+
+@pytest.mark.parametrize(("terminal", "progress", "shown"), [
+    (True, None, True), (False, None, False), (False, True, True), (True, False, False)])
+def test_progress_bars_show_on_a_terminal_unless_told(terminal: bool, progress: bool | None, shown: bool,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default a run writes bars to a terminal, not redraws into a log file; --progress/--no-progress win."""
+    import sys
+    import types
+
+    from selfsup_core.training.trainer import build_trainer
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    trainer = build_trainer(tmp_path, max_epochs=1, progress=progress)
+    assert (trainer.progress_bar_callback is not None) is shown
+    if progress is None and not terminal:  # a notebook renders them, though its stderr is no terminal
+        monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+        assert build_trainer(tmp_path, max_epochs=1, progress=progress).progress_bar_callback is not None

@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -267,6 +268,12 @@ def default_precision() -> str:
     return "32-true"
 
 
+def interactive_output() -> bool:
+    """Whether progress bars have a reader: stderr (where Lightning draws them) is a terminal, or a
+    Jupyter kernel renders them."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
 def build_trainer(
     run_dir: Path,
     *,
@@ -275,7 +282,7 @@ def build_trainer(
     num_nodes: int = 1,
     strategy: str = "auto",
     precision: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     checkpoints: bool = True,
     monitor_val: bool = True,
     resume_hint: str | None = None,
@@ -290,6 +297,10 @@ def build_trainer(
     ``torchrun`` or by SLURM. The data module shards the data itself
     (:class:`~selfsup_core.data.datamodule.ImageDataModule`), so Lightning's
     sampler replacement is off.
+
+    ``progress=None`` shows the progress bar only where someone watches
+    (:func:`interactive_output`), so a run whose output goes to a log file
+    writes no bar redraws into it.
 
     Run it with :func:`fit`, which adds the signal handling and the one-line disk errors.
 
@@ -320,7 +331,7 @@ def build_trainer(
             callbacks=callbacks,
             plugins=[AtomicCheckpointIO()],
             enable_checkpointing=False,  # RunCheckpoint writes the one checkpoint
-            enable_progress_bar=progress,
+            enable_progress_bar=interactive_output() if progress is None else progress,
             enable_model_summary=False,
             log_every_n_steps=10,
             num_sanity_val_steps=0 if not monitor_val else 1,
