@@ -70,8 +70,8 @@ def test_options_resolve_with_their_defaults() -> None:
 
     task = create_task("rotation", crop_scale=0.5)
     assert isinstance(task, RotationTask) and task.options == RotationOptions(crop_scale=(0.5, 1.0))
-    assert task.options.to_dict() == {"num_transforms": 4, "crop_scale": [0.5, 1.0], "flip": False, "all_turns": False,
-                                      "head_hidden": 0}
+    assert task.options.to_dict() == {"num_transforms": 4, "crop_scale": [0.5, 1.0], "flip": False, "augmentations": [],
+                                      "all_turns": False, "head_hidden": 0}
     assert create_task("rotation", num_transforms=6).num_classes == 6
 
 
@@ -93,3 +93,13 @@ def test_all_turns_shows_each_image_of_a_group_in_every_orientation() -> None:
         assert torch.equal(batch.inputs[i], torch.rot90(images[i // 4], i % 4, dims=(-2, -1)))
     assert torch.equal(batch.inputs[8:], torch.stack([torch.rot90(images[8 + j], int(batch.targets[8 + j]),
                                                                   dims=(-2, -1)) for j in range(2)]))
+
+
+def test_augmentations_run_before_the_turn_and_the_label_still_names_the_turn() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 8, 8)
+    batch = create_task("rotation", augmentations=["grayscale"]).make_batch(images)  # grayscale: p=0.2
+    undone = torch.stack([torch.rot90(x, -int(k), dims=(-2, -1)) for x, k in zip(batch.inputs, batch.targets)])
+    grey = (undone[:, 0] == undone[:, 1]).flatten(1).all(dim=1) & (undone[:, 1] == undone[:, 2]).flatten(1).all(dim=1)
+    assert 0 < int(grey.sum()) < 64  # some images were made grey, by the plugin, before the turn
+    assert torch.equal(undone[~grey], images[~grey])  # the others are the images, turned as labelled

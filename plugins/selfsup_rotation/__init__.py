@@ -28,7 +28,7 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
-from selfsup_core import ClassificationTask, PretextBatch, TaskOptions, hookimpl, mlp_head
+from selfsup_core import ClassificationTask, PretextBatch, TaskOptions, create_augmentation, hookimpl, mlp_head
 from selfsup_core.options import above, all_of, ascending, at_least, one_of, option, within
 
 TRANSFORM_NAMES = ("rot0", "rot90", "rot180", "rot270", "vflip", "hflip")
@@ -61,6 +61,10 @@ class RotationOptions(TaskOptions):
     flip: bool = option(False, help="mirror half the images before the turn (4-way only: with 6-way "
                                     "a mirror image is itself a label)")
 
+    augmentations: list[str] = option(
+        default_factory=list, default_text="none",
+        help="augmentation plugins applied before the turn, in order, e.g. [color_jitter, grayscale] "
+             "(selfsup augmentations lists them)")
     all_turns: bool = option(False, help="show the first 1/num_transforms of each batch in every orientation "
                                          "(RotNet's own recipe) instead of one random turn per image")
     head_hidden: int = option(0, check=at_least(0),
@@ -87,6 +91,7 @@ class RotationTask(ClassificationTask):
         super().__init__(options, **kwargs)
         # Kornia's crop takes its output size at construction: one augmenter per size.
         self._augmenters: dict[tuple[int, int], nn.Module | None] = {}
+        self.augmentations = nn.ModuleList(create_augmentation(name) for name in self.options.augmentations)
 
     @property
     def num_classes(self) -> int:
@@ -115,6 +120,8 @@ class RotationTask(ClassificationTask):
         if images.shape[-1] != images.shape[-2]:
             raise ValueError("rotation needs square images")
         images = self._augmented(images)
+        for augmentation in self.augmentations:
+            images, _ = augmentation(images)
         labels = torch.randint(self.num_classes, (len(images),), device=images.device)
         if self.options.all_turns:
             # Same batch size: image i // n in turn i % n (a tail that fills no whole group keeps random turns).
