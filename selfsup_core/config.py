@@ -204,7 +204,8 @@ class EvaluateConfig(ParallelOptions):
                                     default_text="the encoder's, else --like's, else as selfsup finetune")
     batch_size: int | None = option(None, help="images per batch", check=_ONE,
                                     default_text="--like's, else as selfsup finetune chooses")
-    limit: int | None = option(None, help="use a seeded subset of N train images", check=_ONE,
+    limit: int | None = option(None, help="use a seeded subset of N train images (the built-in data: "
+                                          "also N validation images)", check=_ONE,
                                default_text="all images")
     out: str | None = option(None, help="folder for results.jsonl", default_text="a new folder in runs/",
                              metavar="DIR")
