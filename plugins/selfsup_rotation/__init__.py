@@ -28,7 +28,15 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
-from selfsup_core import ClassificationTask, PretextBatch, TaskOptions, create_augmentation, hookimpl, mlp_head
+from selfsup_core import (
+    ClassificationTask,
+    Pipeline,
+    PretextBatch,
+    TaskOptions,
+    create_augmentation,
+    hookimpl,
+    mlp_head,
+)
 from selfsup_core.options import above, all_of, ascending, at_least, one_of, option, within
 
 TRANSFORM_NAMES = ("rot0", "rot90", "rot180", "rot270", "vflip", "hflip")
@@ -91,7 +99,7 @@ class RotationTask(ClassificationTask):
         super().__init__(options, **kwargs)
         # Kornia's crop takes its output size at construction: one augmenter per size.
         self._augmenters: dict[tuple[int, int], nn.Module | None] = {}
-        self.augmentations = nn.ModuleList(create_augmentation(name) for name in self.options.augmentations)
+        self.augmentations = Pipeline([create_augmentation(name) for name in self.options.augmentations])
 
     @property
     def num_classes(self) -> int:
@@ -120,8 +128,7 @@ class RotationTask(ClassificationTask):
         if images.shape[-1] != images.shape[-2]:
             raise ValueError("rotation needs square images")
         images = self._augmented(images)
-        for augmentation in self.augmentations:
-            images, _ = augmentation(images)
+        images, _ = self.augmentations(images)
         labels = torch.randint(self.num_classes, (len(images),), device=images.device)
         if self.options.all_turns:
             # Same batch size: image i // n in turn i % n (a tail that fills no whole group keeps random turns).

@@ -24,7 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup_core import PretextBatch, PretextTask, TaskOptions, create_augmentation, hookimpl, mlp_head
+from selfsup_core import (
+    Pipeline,
+    PretextBatch,
+    PretextTask,
+    TaskOptions,
+    create_augmentation,
+    hookimpl,
+    mlp_head,
+)
 from selfsup_core.options import at_least, option, positive
 
 
@@ -83,15 +91,10 @@ class SimCLRTask(PretextTask):
     def __init__(self, options: SimCLROptions | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         # Built once from the plugins; a third-party augmentation works as well as a built-in.
-        self.views = nn.ModuleList(create_augmentation(name) for name in self.options.augmentations)
-
-    def _view(self, images: Tensor) -> Tensor:
-        for augmentation in self.views:
-            images, _ = augmentation(images)
-        return images
+        self.views = Pipeline([create_augmentation(name) for name in self.options.augmentations])
 
     def make_batch(self, images: Tensor) -> PretextBatch:
-        return PretextBatch(inputs=(self._view(images), self._view(images)))
+        return PretextBatch(inputs=(self.views(images)[0], self.views(images)[0]))
 
     def build_head(self, encoder: nn.Module) -> nn.Module:
         o = self.options
