@@ -8,22 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from conftest import write_image_folder
 
 from selfsup_core.cli import main
 from selfsup_core.threads import one_cpu_thread
-
-
-def make_folder(root: Path, n: int = 24) -> Path:
-    generator = torch.Generator().manual_seed(0)
-    for i in range(n):
-        folder = root / f"class{i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = torch.randint(0, 256, (32, 32, 3), generator=generator, dtype=torch.uint8)
-        image = Image.frombytes("RGB", (32, 32), bytes(pixels.flatten().tolist()))
-        image.save(folder / f"{i}.{'jpg' if i % 3 else 'png'}")
-    return root
-
 
 REPEATS = 2
 
@@ -34,7 +22,7 @@ def test_throughput_prints_every_figure(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("SELFSUP_CACHE_DIR", str(tmp_path / "cache"))
     # One thread: tiny ops on a busy CI machine stall with more (see selfsup_core.threads).
     threads = torch.get_num_threads()
-    data = make_folder(tmp_path / "data")
+    data = write_image_folder(tmp_path / "data", per_class=12, size=32, classes=2)  # 24 images
     try:
         assert main(["bench", "throughput", "--data", str(data), "--image-size", "32", "--arch", "tiny",
                      "--num-workers", str(num_workers), "--batch-size", "8", "--steps", "2",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from conftest import write_image_folder
 
 from selfsup_core.data import cache as cache_module
 from selfsup_core.data.cache import load_decoded
@@ -56,17 +56,6 @@ torch.save({"images": data.images.clone(), "labels": data.labels}, out)
 """
 
 
-def write_folder(root: Path, count: int = 40) -> Path:
-    """``count`` small PNGs and JPEGs of random pixels in two class folders."""
-    generator = torch.Generator().manual_seed(0)
-    for i in range(count):
-        folder = root / f"class_{i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = torch.randint(0, 256, (24, 20, 3), generator=generator, dtype=torch.uint8)
-        Image.fromarray(pixels.numpy()).save(folder / f"{i}.{'png' if i % 3 else 'jpg'}")
-    return root
-
-
 def start_ranks(folder: Path, work: Path, cache_dir: Path) -> list[subprocess.Popen[str]]:
     """Start the ranks and release them together once all are ready (imports take seconds)."""
     env = {**os.environ, "SELFSUP_CACHE_DIR": str(cache_dir)}
@@ -85,7 +74,7 @@ def start_ranks(folder: Path, work: Path, cache_dir: Path) -> list[subprocess.Po
 
 
 def test_ranks_started_together_decode_the_folder_once(tmp_path: Path) -> None:
-    folder, cache_dir = write_folder(tmp_path / "data"), tmp_path / "cache"
+    folder, cache_dir = write_image_folder(tmp_path / "data", per_class=20, classes=2), tmp_path / "cache"
     ranks = start_ranks(folder, tmp_path, cache_dir)
     outputs = [rank.communicate(timeout=180)[0] for rank in ranks]
     assert all(rank.returncode == 0 for rank in ranks), "\n".join(outputs)
@@ -114,7 +103,7 @@ def test_a_lock_file_that_cannot_be_opened_builds_without_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """As in a cache folder where the lock file cannot be created: the entry is still built and used."""
-    folder = write_folder(tmp_path / "data", count=6)
+    folder = write_image_folder(tmp_path / "data", per_class=3, classes=2)
     images = scan_folder(folder)
     entry = entry_path(folder)
     entry.with_name(entry.name + ".build-lock").mkdir(parents=True)  # open() of it fails
@@ -128,7 +117,7 @@ def test_a_held_lock_makes_the_next_builder_wait_then_use_the_entry(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """In one process: the lock is held while a thread asks; that thread then maps the entry built meanwhile."""
-    folder = write_folder(tmp_path / "data", count=6)
+    folder = write_image_folder(tmp_path / "data", per_class=3, classes=2)
     images = scan_folder(folder)
     entry = entry_path(folder)
     results: list[DecodedImages] = []
