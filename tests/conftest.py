@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +45,37 @@ def write_image_folder(root: Path, per_class: int = 6, size: int = 40, classes: 
         suffix = (".png", ".JPG", ".jpeg")[i % 3]
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"img_{i}{suffix}")
     return root
+
+
+def checkpoint_epochs(out: Path) -> int:
+    """Epochs completed in ``out/checkpoints/last.ckpt``; -1 while there is none (or it is being replaced)."""
+    path = out / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        return -1
+    try:
+        return int(torch.load(path, weights_only=True)["selfsup"]["epochs_completed"])
+    except Exception:  # noqa: BLE001 - being replaced right now: look again
+        return -1
+
+
+def start_until_checkpoint(command: list[str], out: Path, log: Path, min_epochs: int, *,
+                           env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.Popen:
+    """Start ``command`` in its own session; return once ``out``'s last.ckpt holds ``min_epochs`` epochs.
+
+    Its own session, so that ``os.killpg(process.pid, ...)`` reaches every process it starts.
+    """
+    with log.open("wb") as stream:
+        process = subprocess.Popen(command, env=env, cwd=log.parent, stdout=stream, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while checkpoint_epochs(out) < min_epochs:
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"no checkpoint of {min_epochs} epoch(s) within {timeout} s (exit {process.poll()}):\n"
+                        f"{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return process
 
 
 @pytest.fixture

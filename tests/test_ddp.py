@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import start_until_checkpoint, write_image_folder
 
 PROCESSES = 2
 TRAIN, VAL, BATCH = 64, 16, 16  # 80 images: 64 train / 16 val; 32 per process, 2 steps per epoch
@@ -189,32 +189,10 @@ def test_a_strategy_lightning_refuses_is_one_line(ddp_env: dict[str, str], tmp_p
     assert "Lightning refuses them" in done.stderr and "Traceback" not in done.stderr
 
 
-def _checkpoint_epochs(out: Path) -> int:
-    path = out / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        return -1
-    try:
-        return int(torch.load(path, weights_only=True)["selfsup"]["epochs_completed"])
-    except Exception:  # noqa: BLE001 - being replaced right now: look again
-        return -1
-
-
 def _start_until_checkpoint(env: dict[str, str], images: Path, tmp_path: Path, min_epochs: int) -> subprocess.Popen:
-    """Start a long 2-process pretraining in its own session; return once last.ckpt holds ``min_epochs``."""
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "selfsup_core.cli", *pretrain_args(images, out, epochs=300)]
-    log = (tmp_path / "run.log").open("wb")
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    deadline = time.monotonic() + 300
-    while _checkpoint_epochs(out) < min_epochs:
-        if process.poll() is not None or time.monotonic() > deadline:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail(f"no checkpoint of {min_epochs} epoch(s) within 300 s:\n"
-                        f"{(tmp_path / 'run.log').read_text()[-3000:]}")
-        time.sleep(0.1)
-    return process
+    """Start a long 2-process pretraining; return once last.ckpt holds ``min_epochs``."""
+    command = [sys.executable, "-m", "selfsup_core.cli", *pretrain_args(images, tmp_path / "run", epochs=300)]
+    return start_until_checkpoint(command, tmp_path / "run", tmp_path / "run.log", min_epochs, env=env)
 
 
 @pytest.mark.slow

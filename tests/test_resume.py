@@ -18,6 +18,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from conftest import start_until_checkpoint
 
 from selfsup_core.cli import main
 from selfsup_core.errors import OutputError
@@ -160,27 +161,16 @@ def test_sigint_and_sigterm_save_a_checkpoint_then_resume_twice(
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["version_0", "version_1", "version_2"]
 
 
-def _run_until_checkpoint(out: Path, cwd: Path, min_epoch: int, timeout: float = 300) -> subprocess.Popen:
-    """Start ``selfsup pretrain`` in its own process; return once last.ckpt shows ``epoch >= min_epoch``."""
+def _run_until_checkpoint(out: Path, cwd: Path, min_epochs: int) -> subprocess.Popen:
+    """Start ``selfsup pretrain`` in its own process; return once last.ckpt holds ``min_epochs`` epochs."""
     command = [sys.executable, "-m", "selfsup_core.cli", "pretrain", *TINY, "--max-epochs", LONG, "--out", str(out)]
-    log = (cwd / "pretrain.log").open("wb")
-    process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    path = out / "checkpoints" / "last.ckpt"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"pretrain exited early ({process.returncode}):\n{(cwd / 'pretrain.log').read_text()}")
-        if path.is_file() and torch.load(path, weights_only=True)["epoch"] >= min_epoch:
-            return process
-        time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"no checkpoint with epoch >= {min_epoch} within {timeout} s")
+    return start_until_checkpoint(command, out, cwd / "pretrain.log", min_epochs)
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_from_that_epoch(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    process = _run_until_checkpoint(out, tmp_path, min_epoch=1)
+    process = _run_until_checkpoint(out, tmp_path, min_epochs=2)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL
     killed = _checkpoint(out)
@@ -202,7 +192,7 @@ def test_sigkill_then_resume_continues_from_that_epoch(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_to_a_real_process_exit_128_plus_signal(tmp_path: Path, signum: int, code: int) -> None:
     out = tmp_path / "run"
-    process = _run_until_checkpoint(out, tmp_path, min_epoch=0)
+    process = _run_until_checkpoint(out, tmp_path, min_epochs=1)
     process.send_signal(signum)
     assert process.wait(timeout=120) == code
     log = (tmp_path / "pretrain.log").read_text()
