@@ -41,7 +41,9 @@ def timed_pretrain(epochs: int, threads: str | None, out: Path, limit: int | Non
     env.pop("SELFSUP_CPU_THREADS", None)
     if threads is not None:
         env["SELFSUP_CPU_THREADS"] = threads
-    command = ["selfsup", "-v", "pretrain", "--max-epochs", str(epochs), "--out", str(out), "--no-progress"]
+    # This interpreter's selfsup, found without the venv on PATH (as CI runs it).
+    command = [sys.executable, "-m", "selfsup_core.cli", "-v", "pretrain", "--max-epochs", str(epochs),
+               "--out", str(out), "--no-progress"]
     command += [] if limit is None else ["--limit", str(limit)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     found = TRAINED_IN.search(done.stdout + done.stderr)
