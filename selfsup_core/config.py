@@ -325,9 +325,13 @@ class BenchEvalConfig(Options):
 
     def validate(self) -> None:
         names = self.task_list()
-        for name in (*self.task_options, *self.task_epochs):
-            if name not in names:
-                raise ValueError(f"settings given for task {name!r}, which is not in tasks ({', '.join(names)})")
+        for flag, given in (("--task-option", self.task_options), ("--task-epochs", self.task_epochs)):
+            for name in given:
+                if name not in names:
+                    # A multi-task row is its own name: rotation=N does not reach rotation+cutout.
+                    raise ValueError(f"{flag} names task {name!r}, which is not in tasks ({', '.join(names)}); "
+                                     f"a multi-task row takes its own, e.g. {flag} rotation+cutout"
+                                     + ("=N" if flag == "--task-epochs" else ":cutout.boxes=[1,4]"))
 
 
 @dataclass(frozen=True)

@@ -92,8 +92,12 @@ def test_bench_eval_task_settings_are_typed_and_checked(tmp_path: Path) -> None:
 
     resolved = settings_from_args(args, BENCHMARKS["eval"])
     assert resolved.task_options == {"rotation": {"num_transforms": 6}} and resolved.task_epochs == {"rotation": 3}
-    with pytest.raises(ConfigError, match="not in tasks"):
+    with pytest.raises(ConfigError, match="--task-epochs names task 'cutout', which is not in tasks"):
         settings.BenchEvalConfig.from_mapping({"tasks": "rotation", "task_epochs": {"cutout": 2}}, source="x")
+    # A multi-task row is its own name: its part's settings do not reach it, and the message says how.
+    with pytest.raises(ConfigError, match=r"--task-option names task 'cutout'.*--task-option rotation\+cutout:"):
+        settings.BenchEvalConfig.from_mapping(
+            {"tasks": "rotation+cutout", "task_options": {"cutout": {"fill": "zero"}}}, source="x")
 
 
 def test_library_and_command_line_share_the_checks() -> None:
