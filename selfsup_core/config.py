@@ -312,7 +312,9 @@ class BenchEvalConfig(Options):
     label_fraction: float = option(0.1, help="share of the train labels for fine-tuning",
                                    check=within(1e-9, 1.0))
     full_finetune: bool = option(False, help="also fine-tune with all labels (same epochs)")
-    limit: int | None = option(None, help="use a seeded, class-stratified subset of N train images",
+    limit: int | None = option(None, help="use a seeded, class-stratified subset of N train images (each seed's "
+                                    "pretraining and fine-tunes draw their own, shared by every encoder; "
+                                    "kNN and the probe use seed 0's)",
                                check=_ONE, default_text="all images")
     threads: int | None = option(None, help="intra-op CPU threads (1 is faster on a busy machine)", check=_ONE,
                                  default_text="PyTorch's choice")
