@@ -22,6 +22,7 @@ def test_bench_eval_writes_table_and_json(tmp_path: Path, capsys) -> None:
                  "--task-option", "rotation:num_transforms=6", "--num-workers", "0", "--out", str(out)]) == 0
     table = (out / "bench_eval.md").read_text()
     assert "random init" in table and "rotation num_transforms=6" in table
+    assert "range over seeds [0, 1]" in table and "fine-tune 1 epoch." in table
     report = json.loads((out / "bench_eval.json").read_text())
     assert [r["encoder"] for r in report["rows"]] == ["random init", "rotation"]
     assert len(report["rows"][1]["finetune"]["values"]) == 2 and "beats" in report["rows"][1]["knn"]
@@ -54,6 +55,16 @@ def test_one_seed_gives_no_verdict_two_seeds_compare_the_gain_with_the_spread() 
     assert entry["noise"] == pytest.approx(0.04) and entry["beats"] is False  # +4 points against a 4-point spread
     task = Row("rotation", knn=[0.36, 0.37])
     assert summarise(task, random)["knn"]["beats"] is True  # +5.5 against 2
+
+
+def test_the_table_note_of_one_seed_names_it_instead_of_a_range() -> None:
+    from selfsup_core.bench.eval import markdown_table
+
+    settings = {"label_fraction": 0.1, "val_images": 10, "seeds": [0], "arch": "tiny", "image_size": 32,
+                "train_images": 20, "finetune_epochs": 1}
+    row = {"encoder": "random init", "task_options": {}, "pretrain_epochs": 0, "pretrain_seconds": []}
+    table = markdown_table({"settings": settings, "rows": [row], "wall_seconds": 60})
+    assert "one seed (0)." in table and "range over seeds" not in table and "fine-tune 1 epoch." in table
 
 
 @pytest.mark.parametrize("text", ["crappify:drop_skips=all", "crappify.drop_skips=all"])

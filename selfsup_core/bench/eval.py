@@ -177,7 +177,7 @@ def run(args: BenchEvalConfig) -> int:
         row = Row(task, options.get(task, {}), resolved, epochs)
         encoders = {}
         for seed in seeds:  # one pretraining per seed: the row's spread holds the pretraining's
-            logger.info("pretraining %s for %d epochs, seed %d", task, epochs, seed)
+            logger.info("pretraining %s for %d epoch(s), seed %d", task, epochs, seed)
             pre = pretrain(task=task, task_options=options.get(task, {}), data=str(train_dir),
                            max_epochs=epochs, seed=seed, out=str(out / f"pretrain-{task}-seed{seed}"),
                            overwrite=True, keep_checkpoint=False, **common)  # the encoder file is what is kept
@@ -278,11 +278,13 @@ def markdown_table(report: dict[str, Any]) -> str:
         for protocol in ("knn", "linear", "finetune") + (("finetune_full",) if full else ()):
             cells += [_cell(r.get(protocol)), _gain(r.get(protocol))]
         lines.append("| " + " | ".join(cells) + " |")
+    epochs = f"{s['finetune_epochs']} epoch{'' if s['finetune_epochs'] == 1 else 's'}"
     notes = [
         "",
-        f"Top-1 % on {s['val_images']} val images, final epoch; (a-b) = range over seeds {s['seeds']}. "
-        f"{s['arch']}, {s['image_size']} x {s['image_size']} px, {s['train_images']} train images, "
-        f"fine-tune {s['finetune_epochs']} epochs. kNN: k=20, T=0.07, bank = all labelled train images. "
+        f"Top-1 % on {s['val_images']} val images, final epoch; "
+        + (f"(a-b) = range over seeds {s['seeds']}. " if len(s["seeds"]) > 1 else f"one seed ({s['seeds'][0]}). ")
+        + f"{s['arch']}, {s['image_size']} x {s['image_size']} px, {s['train_images']} train images, "
+        f"fine-tune {epochs}. kNN: k=20, T=0.07, bank = all labelled train images. "
         f"Linear probe: standardised frozen features, full-batch AdamW, 300 steps. "
         f"Each seed pretrains, probes and fine-tunes anew; pretext seconds are per pretraining. "
         f"'yes' = gain larger than the noise floor (the larger seed range of the two rows). "
