@@ -327,13 +327,13 @@ class BenchEvalConfig(Options):
 
     def validate(self) -> None:
         names = self.task_list()
-        for flag, given in (("--task-option", self.task_options), ("--task-epochs", self.task_epochs)):
+        # A multi-task row is its own name: rotation=N does not reach rotation+cutout.
+        for flag, given, example in (("--task-option", self.task_options, "rotation+cutout:cutout.boxes=[1,4]"),
+                                     ("--task-epochs", self.task_epochs, "rotation+cutout=N")):
             for name in given:
                 if name not in names:
-                    # A multi-task row is its own name: rotation=N does not reach rotation+cutout.
                     raise ValueError(f"{flag} names task {name!r}, which is not in tasks ({', '.join(names)}); "
-                                     f"a multi-task row takes its own, e.g. {flag} rotation+cutout"
-                                     + ("=N" if flag == "--task-epochs" else ":cutout.boxes=[1,4]"))
+                                     f"a multi-task row takes its own, e.g. {flag} {example}")
 
 
 @dataclass(frozen=True)
