@@ -28,7 +28,7 @@ def test_bench_eval_writes_table_and_json(tmp_path: Path, capsys) -> None:
     assert len(report["rows"][1]["finetune"]["values"]) == 2 and "beats" in report["rows"][1]["knn"]
     resolved = report["rows"][1]["resolved_task_options"]
     assert resolved == {"num_transforms": 6, "crop_scale": [1.0, 1.0], "flip": False, "augmentations": [],
-                        "all_turns": False, "head_hidden": 0}  # defaults too
+                        "all_turns": False, "head_hidden": 0, "spread": 0.0}  # defaults too
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 + 2 + 2 * 2 + 2  # random and task: kNN+linear per seed, FT per seed
     # Each seed pretrains anew: the row's seed range holds the pretraining's spread.

@@ -71,7 +71,7 @@ def test_options_resolve_with_their_defaults() -> None:
     task = create_task("rotation", crop_scale=0.5)
     assert isinstance(task, RotationTask) and task.options == RotationOptions(crop_scale=(0.5, 1.0))
     assert task.options.to_dict() == {"num_transforms": 4, "crop_scale": [0.5, 1.0], "flip": False, "augmentations": [],
-                                      "all_turns": False, "head_hidden": 0}
+                                      "all_turns": False, "head_hidden": 0, "spread": 0.0}
     assert create_task("rotation", num_transforms=6).num_classes == 6
 
 
@@ -103,3 +103,38 @@ def test_augmentations_run_before_the_turn_and_the_label_still_names_the_turn() 
     grey = (undone[:, 0] == undone[:, 1]).flatten(1).all(dim=1) & (undone[:, 1] == undone[:, 2]).flatten(1).all(dim=1)
     assert 0 < int(grey.sum()) < 64  # some images were made grey, by the plugin, before the turn
     assert torch.equal(undone[~grey], images[~grey])  # the others are the images, turned as labelled
+
+
+def test_spread_adds_the_variance_covariance_penalty_of_the_pooled_features() -> None:
+    from selfsup_rotation import variance_covariance
+
+    from selfsup_core import build_encoder
+
+    torch.manual_seed(0)
+    encoder, images = build_encoder("tiny"), torch.rand(16, 3, 16, 16)
+    plain, spread = create_task("rotation"), create_task("rotation", spread=2.0)
+    head = plain.build_head(encoder)
+    batch = plain.make_batch(images)
+    logits = plain.forward_model(encoder, head, batch.inputs, batch)
+    outputs = spread.forward_model(encoder, head, batch.inputs, batch)
+    features = encoder(batch.inputs)
+    assert isinstance(logits, torch.Tensor) and torch.allclose(outputs[0], logits)
+    penalty = variance_covariance(features)
+    assert penalty > 0
+    assert torch.allclose(spread.loss(outputs, batch), plain.loss(logits, batch) + 2.0 * penalty)
+    assert spread.metrics(outputs, batch)["acc"] == plain.metrics(logits, batch)["acc"]
+    assert torch.allclose(spread.metrics(outputs, batch)["spread"], penalty)
+    spread.loss(outputs, batch).backward()  # the penalty reaches the encoder
+    assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
+
+
+def test_variance_covariance_is_near_zero_for_whitened_features_and_large_for_collapsed_ones() -> None:
+    from selfsup_rotation import variance_covariance
+
+    torch.manual_seed(0)
+    whitened = torch.randn(4096, 8)
+    assert variance_covariance(whitened) < 0.02
+    collapsed = torch.randn(4096, 1).repeat(1, 8)  # one direction, eight copies
+    assert variance_covariance(collapsed) > 5
+    with pytest.raises(ValueError, match="spread"):
+        create_task("rotation", spread=-1)

@@ -61,9 +61,9 @@ def test_a_subclass_extends_the_options_of_a_builtin(host) -> None:  # noqa: ANN
     task = create_task("my-rotation", host=host, extra=5, num_transforms=6)
     assert isinstance(task, MyRotation) and isinstance(task.options, MyOptions)
     assert task.options.extra == 5 and task.options.num_transforms == 6 and task.num_classes == 6
-    rotation_options = ["num_transforms", "crop_scale", "flip", "augmentations", "all_turns", "head_hidden"]
+    rotation_options = ["num_transforms", "crop_scale", "flip", "augmentations", "all_turns", "head_hidden", "spread"]
     assert task.options.to_dict() == {"num_transforms": 6, "crop_scale": [1.0, 1.0], "flip": False, "augmentations": [],
-                                      "all_turns": False, "head_hidden": 0, "extra": 5}
+                                      "all_turns": False, "head_hidden": 0, "spread": 0.0, "extra": 5}
     assert [info.name for info in MyOptions.describe()] == [*rotation_options, "extra"]
     assert task.make_batch(torch.rand(4, 3, 8, 8)).targets.max() < 6
     # The parent's checks, cross-field rules included, still hold; the new option is checked too.
@@ -71,7 +71,7 @@ def test_a_subclass_extends_the_options_of_a_builtin(host) -> None:  # noqa: ANN
         create_task("my-rotation", host=host, num_transforms=6, flip=True)
     with pytest.raises(TaskOptionError, match="extra must be at least 1, got 0"):
         create_task("my-rotation", host=host, extra=0)
-    accepted = "it accepts: num_transforms, crop_scale, flip, augmentations, all_turns, head_hidden, extra"
+    accepted = "it accepts: num_transforms, crop_scale, flip, augmentations, all_turns, head_hidden, spread, extra"
     with pytest.raises(TaskOptionError, match=accepted):
         create_task("my-rotation", host=host, extar=2)
     # The built-in is unchanged.
@@ -83,7 +83,7 @@ def test_the_cli_shows_a_plugin_task_options(host, capsys: pytest.CaptureFixture
     assert main(["tasks", "--options", "my-rotation"], host=host) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].split() == ["option", "type", "default", "meaning"]
-    assert rows[7].split()[:3] == ["extra", "integer", "3"] and rows[7].endswith("an option of my own")
+    assert rows[8].split()[:3] == ["extra", "integer", "3"] and rows[8].endswith("an option of my own")
 
 
 # -- construction and validation -------------------------------------------------------------

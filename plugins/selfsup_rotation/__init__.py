@@ -56,6 +56,25 @@ def _crop_scale(value: Any) -> Any:
     return value
 
 
+def variance_covariance(features: Tensor) -> Tensor:
+    """VICReg's variance and covariance terms of ``(B, D)`` features, unweighted.
+
+    The first is the mean shortfall of each feature's standard deviation
+    below 1; the second the sum of squared off-diagonal covariances over
+    ``D``. Both are 0 for whitened features and grow as the batch's features
+    collapse onto fewer directions.
+
+    Example:
+        >>> round(float(variance_covariance(torch.ones(8, 4))), 2)  # every feature constant
+        0.99
+    """
+    centred = features - features.mean(0)
+    std = torch.sqrt(centred.var(0) + 1e-4)  # VICReg's epsilon: a finite gradient at 0
+    cov = centred.T @ centred / (len(features) - 1)
+    off_diagonal = cov - torch.diag(torch.diag(cov))
+    return torch.relu(1 - std).mean() + off_diagonal.pow(2).sum() / features.shape[1]
+
+
 @dataclass(frozen=True)
 class RotationOptions(TaskOptions):
     """Options of :class:`RotationTask`."""
@@ -78,6 +97,9 @@ class RotationOptions(TaskOptions):
     head_hidden: int = option(0, check=at_least(0),
                               help="width of a hidden layer (BatchNorm, ReLU) between the pooled features "
                                    "and the turn logits; 0: one linear layer")
+    spread: float = option(0.0, check=at_least(0),
+                           help="weight of a variance-covariance penalty (VICReg's) on the pooled features, "
+                                "against the turn classifier collapsing them; 0: off")
 
     def validate(self) -> None:
         if self.flip and self.num_transforms == 6:
@@ -109,6 +131,26 @@ class RotationTask(ClassificationTask):
         if self.options.head_hidden:
             return mlp_head(encoder.feature_dim, self.options.head_hidden, self.num_classes)
         return super().build_head(encoder)
+
+    def forward_model(self, encoder: nn.Module, head: nn.Module, inputs: Any, batch: PretextBatch) -> Any:
+        if not self.options.spread:
+            return super().forward_model(encoder, head, inputs, batch)
+        features = encoder(inputs)
+        return head(features), features  # the penalty needs the pooled features too
+
+    def loss(self, outputs: Any, batch: PretextBatch) -> Tensor:
+        logits, features = self._split(outputs)
+        loss = super().loss(logits, batch)
+        return loss if features is None else loss + self.options.spread * variance_covariance(features)
+
+    def metrics(self, outputs: Any, batch: PretextBatch) -> dict[str, Tensor]:
+        logits, features = self._split(outputs)
+        metrics = super().metrics(logits, batch)
+        return metrics if features is None else {**metrics, "spread": variance_covariance(features.detach())}
+
+    def _split(self, outputs: Any) -> tuple[Tensor, Tensor | None]:
+        """The turn logits, and the pooled features when ``spread`` needs them."""
+        return outputs if self.options.spread else (outputs, None)
 
     def _augmenter(self, size: tuple[int, int]) -> nn.Module | None:
         if size not in self._augmenters:
