@@ -47,6 +47,20 @@ def test_crops_change_the_content_not_the_size() -> None:
     assert not any(torch.allclose(u, x) for u, x in zip(unrotated, images))
 
 
+def test_crop_and_flip_are_the_crop_flip_augmentation_before_the_named_ones() -> None:
+    def steps(**options: object) -> list[tuple[str, dict]]:
+        return [(step.name, step.options.to_dict()) for step in create_task("rotation", **options).augmentations.steps]
+
+    assert steps() == []
+    cropped = steps(crop_scale=0.5, flip=True, augmentations=["grayscale"])
+    assert [name for name, _ in cropped] == ["crop_flip", "grayscale"]
+    assert cropped[0][1]["scale"] == [0.5, 1.0] and cropped[0][1]["flip_p"] == 0.5
+    assert cropped[0][1]["ratio"] == [0.75, 1.3333]  # torchvision's and Kornia's aspect range
+    mirrored = dict(steps(flip=True))["crop_flip"]  # the whole image, mirrored or not
+    assert mirrored["scale"] == [1.0, 1.0] and mirrored["ratio"] == [1.0, 1.0] and mirrored["flip_p"] == 0.5
+    assert dict(steps(crop_scale=0.5))["crop_flip"]["flip_p"] == 0.0
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -6,11 +6,11 @@ gives the original tutorial's set (0/90/180/270 degrees plus vertical and
 horizontal flip), whose flips are nearly indistinguishable from some turns
 and so make a weaker pretext.
 
-Optionally, each image is randomly cropped and resized (Kornia's
-``RandomResizedCrop``, batch-wise on the device) and mirrored before the
-turn, against the pretext memorising its training images on long runs. Off
-by default: at 32 px and 15 epochs on Imagenette every variant tried lowered
-the encoder's kNN accuracy (see docs/tasks.md).
+Optionally, each image is randomly cropped and resized and mirrored before
+the turn (the built-in ``crop_flip`` augmentation, batch-wise on the
+device), against the pretext memorising its training images on long runs.
+Off by default: at 32 px and 15 epochs on Imagenette every variant tried
+lowered the encoder's kNN accuracy (see docs/tasks.md).
 
 Example:
     >>> task = RotationTask()
@@ -24,11 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
 from selfsup_core import (
+    Augmentation,
     ClassificationTask,
     Pipeline,
     PretextBatch,
@@ -119,9 +119,18 @@ class RotationTask(ClassificationTask):
 
     def __init__(self, options: RotationOptions | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
-        # Kornia's crop takes its output size at construction: one augmenter per size.
-        self._augmenters: dict[tuple[int, int], nn.Module | None] = {}
-        self.augmentations = Pipeline([create_augmentation(name) for name in self.options.augmentations])
+        self.augmentations = Pipeline(self._crop_flip() + [create_augmentation(name)
+                                                           for name in self.options.augmentations])
+
+    def _crop_flip(self) -> list[Augmentation]:
+        """The ``crop_flip`` augmentation that ``crop_scale`` and ``flip`` ask for, if any."""
+        crop, flip = self.options.crop_scale != (1.0, 1.0), self.options.flip
+        if not (crop or flip):
+            return []
+        # Without a crop the box is the whole image: a square box keeps the mirror a plain mirror.
+        ratio = {} if crop else {"ratio": (1.0, 1.0)}
+        return [create_augmentation("crop_flip", scale=self.options.crop_scale, flip_p=0.5 if flip else 0.0,
+                                    **ratio)]
 
     @property
     def num_classes(self) -> int:
@@ -152,24 +161,9 @@ class RotationTask(ClassificationTask):
         """The turn logits, and the pooled features when ``spread`` needs them."""
         return outputs if self.options.spread else (outputs, None)
 
-    def _augmenter(self, size: tuple[int, int]) -> nn.Module | None:
-        if size not in self._augmenters:
-            steps: list[nn.Module] = []
-            if self.options.crop_scale != (1.0, 1.0):
-                steps.append(K.RandomResizedCrop(size, scale=self.options.crop_scale))
-            if self.options.flip:
-                steps.append(K.RandomHorizontalFlip())
-            self._augmenters[size] = K.AugmentationSequential(*steps) if steps else None
-        return self._augmenters[size]
-
-    def _augmented(self, images: Tensor) -> Tensor:
-        augment = self._augmenter(tuple(images.shape[-2:]))
-        return images if augment is None else augment(images)
-
     def make_batch(self, images: Tensor) -> PretextBatch:
         if images.shape[-1] != images.shape[-2]:
             raise ValueError("rotation needs square images")
-        images = self._augmented(images)
         images, _ = self.augmentations(images)
         labels = torch.randint(self.num_classes, (len(images),), device=images.device)
         if self.options.all_turns:
