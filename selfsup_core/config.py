@@ -155,8 +155,8 @@ class FinetuneConfig(RunConfig):
                          metavar="FILE|none")
     like: str | None = option(
         None, help="mirror a run: take architecture and image size from its encoder.json, and from a "
-                   "finetune run folder also epochs, batch size, lr, weight decay, label fraction and --augment "
-                   "(settings given here win)",
+                   "finetune run folder also epochs, batch size, lr, weight decay, label fraction, --augment, "
+                   "and the --seed, --val-fraction and --limit that pick the labelled images (settings given here win)",
         default_text="none: the stated defaults", metavar="RUN|FILE")
     arch: str | None = option(None, help="encoder architecture",
                               default_text="the encoder's, else --like's, else resnet18")
@@ -187,7 +187,8 @@ class EvaluateConfig(ParallelOptions):
         None, help="knn, linear (probe on frozen features) or finetune", default_text="required")
     like: str | None = option(
         None, help="mirror a run (with --encoder none): architecture and image size from its encoder.json; "
-                   "from a finetune run folder also epochs, batch size and label fraction (settings given here win)",
+                   "from a finetune run folder also epochs, batch size, label fraction, --seed and --limit "
+                   "(settings given here win)",
         default_text="none: the stated defaults", metavar="RUN|FILE")
     arch: str | None = option(None, help="encoder architecture",
                               default_text="the encoder's, else --like's, else resnet18")

@@ -41,13 +41,15 @@ def test_baseline_like_a_run_trains_at_its_size_and_architecture(tmp_path: Path,
     assert main(["pretrain", "--arch", "tiny", "--image-size", "24", "--max-epochs", "1", *SMALL,
                  "--out", str(pre)]) == 0
     assert main(["finetune", "--encoder", str(pre / "encoder.safetensors"), "--max-epochs", "1", "--lr", "0.002",
-                 "--label-fraction", "0.5", "--augment", "[]", *SMALL, "--batch-size", "8", "--out", str(tuned)]) == 0
-    assert main(["finetune", "--encoder", "none", "--like", str(tuned), "--limit", "48", "--no-progress",
-                 "--out", str(base)]) == 0
+                 "--label-fraction", "0.5", "--augment", "[]", *SMALL, "--batch-size", "8", "--seed", "3",
+                 "--val-fraction", "0.25", "--out", str(tuned)]) == 0
+    assert main(["finetune", "--encoder", "none", "--like", str(tuned), "--no-progress", "--out", str(base)]) == 0
     mirrored = _config(base)
     assert (mirrored["arch"], mirrored["image_size"]) == ("tiny", 24)
     assert (mirrored["max_epochs"], mirrored["batch_size"], mirrored["lr"], mirrored["label_fraction"]) == \
         (1, 8, 0.002, 0.5)
+    # The same labelled images: the seed, held-out share and limit that picked them.
+    assert (mirrored["seed"], mirrored["val_fraction"], mirrored["limit"]) == (3, 0.25, 48)
     assert mirrored["augment"] == [] and mirrored["like"] == str(tuned)
     assert json.loads((base / "results.json").read_text())["train_images"] == \
         json.loads((tuned / "results.json").read_text())["train_images"]
@@ -55,7 +57,7 @@ def test_baseline_like_a_run_trains_at_its_size_and_architecture(tmp_path: Path,
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("finetune settings:")]
     assert len(lines) == 2
     assert lines[1].startswith(f"finetune settings: encoder none (mirroring {tuned}), arch tiny, image size 24 px, "
-                               "1 epoch, batch size 8, lr 0.002, weight decay 0.05, label fraction 0.5, seed 0")
+                               "1 epoch, batch size 8, lr 0.002, weight decay 0.05, label fraction 0.5, seed 3")
 
     # A pretrain run folder gives architecture and size; a setting given on the command line wins.
     from_pre = tmp_path / "from-pre"

@@ -180,8 +180,10 @@ def resumed_config(config: OptionsT, job: str) -> OptionsT:
 
 # -- mirroring a run (--like) ----------------------------------------------------------------
 
-# What --like copies from a finetune run's config.yaml: the network, its input and the recipe.
-MIRRORED = ("arch", "image_size", "max_epochs", "batch_size", "lr", "weight_decay", "label_fraction", "augment")
+# What --like copies from a finetune run's config.yaml: the network, its input, the recipe, and what picks
+# its labelled images (seed, held-out share, limit), so both rows train and validate on the same ones.
+MIRRORED = ("arch", "image_size", "max_epochs", "batch_size", "lr", "weight_decay", "label_fraction", "augment",
+            "seed", "val_fraction", "limit")
 
 
 def mirrored_settings(like: str | Path) -> tuple[dict[str, Any], str]:
@@ -189,9 +191,10 @@ def mirrored_settings(like: str | Path) -> tuple[dict[str, Any], str]:
 
     ``like`` is a run folder or an encoder file:
 
-    * a ``finetune`` run folder (its ``config.yaml``): architecture, image size
-      and the recipe (epochs, batch size, lr, weight decay, label fraction,
-      augmentations);
+    * a ``finetune`` run folder (its ``config.yaml``): architecture, image size,
+      the recipe (epochs, batch size, lr, weight decay, label fraction,
+      augmentations), and the seed, validation share and limit, which pick
+      the labelled images;
     * a ``pretrain`` run folder, ``encoder.safetensors`` or ``encoder.json``:
       architecture and image size (from ``encoder.json``; fine-tuning it uses
       the stated defaults, so a baseline that mirrors it does too).
