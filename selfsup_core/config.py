@@ -187,8 +187,8 @@ class EvaluateConfig(ParallelOptions):
         None, help="knn, linear (probe on frozen features) or finetune", default_text="required")
     like: str | None = option(
         None, help="mirror a run (with --encoder none): architecture and image size from its encoder.json; "
-                   "from a finetune run folder also epochs, batch size, label fraction, --seed and --limit "
-                   "(settings given here win)",
+                   "from a finetune run folder also its recipe (epochs, batch size, lr, weight decay, label fraction, "
+                   "--augment) and the --seed and --limit that pick the labelled images (settings given here win)",
         default_text="none: the stated defaults", metavar="RUN|FILE")
     arch: str | None = option(None, help="encoder architecture",
                               default_text="the encoder's, else --like's, else resnet18")
@@ -201,6 +201,10 @@ class EvaluateConfig(ParallelOptions):
     max_epochs: int | None = option(None, help="fine-tune epochs", check=_ONE,
                                     default_text="--like's, else as selfsup finetune chooses")
     seed: int = option(0, help="seed of the label subset, the random encoder and the training")
+    stage: int | None = option(None, help="knn and linear: read the mean-pooled map of this stage of the "
+                                          "encoder, shallow to deep from 0 (ResNets: 0 stem, 1-4 layer1-layer4; "
+                                          "-1 the deepest), instead of its pooled output",
+                               default_text="the encoder's output", metavar="N")
     image_size: int | None = option(None, help="square image size", check=_ONE,
                                     default_text="the encoder's, else --like's, else as selfsup finetune")
     batch_size: int | None = option(None, help="images per batch", check=_ONE,
@@ -221,6 +225,9 @@ class EvaluateConfig(ParallelOptions):
             raise ValueError("encoder is required: an encoder.safetensors written by pretrain, or none")
         if self.protocol is None:
             raise ValueError("protocol is required: knn, linear or finetune")
+        if self.stage is not None and self.protocol == "finetune":
+            raise ValueError("stage applies to the frozen protocols (knn, linear): finetune trains the whole "
+                             "network")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -89,6 +90,39 @@ def test_frozen_protocols_through_the_library(protocol: str, folders: tuple[str,
         assert (row["k"], row["temperature"], row["bank_size"]) == (12, 0.07, 12)  # k capped at the bank
     else:
         assert row["train_images"] == 12 and row["steps"] == 300
+
+
+def test_the_deepest_stage_of_a_resnet_is_what_the_encoder_returns() -> None:
+    from selfsup_core.evaluation.features import StageFeatures
+
+    encoder = open_encoder("none", "resnet18", seed=0).module.eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(StageFeatures(encoder, -1)(images), encoder(images), atol=1e-6)
+        assert torch.allclose(StageFeatures(encoder, 4)(images), encoder(images), atol=1e-6)
+        layer3 = StageFeatures(encoder, 3)
+        assert layer3(images).shape == (2, 256) and layer3.feature_dim == 256
+    with pytest.raises(ConfigError, match=r"--stage 5: this encoder has 5 stages, 0 to 4 \(or -5 to -1"):
+        StageFeatures(encoder, 5)
+
+
+def test_a_stage_is_read_by_the_frozen_protocols_and_recorded(folders: tuple[str, str], tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="selfsup_core")
+    common = {"encoder": "none", "arch": "tiny", "data": folders[0], "val_data": folders[1], "image_size": 32,
+              "out": tmp_path / "ev"}
+    for protocol in ("knn", "linear"):
+        row = evaluate(protocol=protocol, stage=0, **common).as_dict()
+        assert row["stage"] == 0 and row["feature_dim"] == 16  # the tiny encoder's first stage
+    assert "stage" not in evaluate(protocol="knn", **common).as_dict()
+    assert any(r.getMessage().endswith("seed 0, stage 0") for r in caplog.records)
+    with pytest.raises(ConfigError, match="frozen protocols"):
+        evaluate(protocol="finetune", stage=1, **common)
+    # A stage the encoder lacks fails before any image is read.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="this encoder has 3 stages"):
+        evaluate(protocol="knn", stage=3, **{**common, "data": str(empty), "val_data": str(empty)})
 
 
 def test_cli_prints_json_and_appends_results(folders: tuple[str, str], tmp_path: Path,

@@ -66,6 +66,7 @@ def test_crop_and_flip_are_the_crop_flip_augmentation_before_the_named_ones() ->
     [
         ({"crop_scale": (0.5, 1.5)}, "crop_scale"),
         ({"crop_scale": 0}, "crop_scale must be above 0"),
+        ({"crop_scale": 1.5}, "crop_scale must lie in \\[0, 1\\]"),  # one number above 1: its range, not its order
         ({"crop_scale": (0.9, 0.5)}, "crop_scale must be \\(min, max\\) with min <= max"),
         ({"num_transforms": 5}, "num_transforms must be 4 or 6, got 5"),
         ({"flip": "yes"}, "flip must be true or false"),

@@ -82,7 +82,7 @@ class RotationOptions(TaskOptions):
     num_transforms: int = option(4, help="4 (quarter turns) or 6 (plus vertical and horizontal flip)",
                                  check=one_of(4, 6))
     crop_scale: tuple[float, float] = option(
-        (1.0, 1.0), convert=_crop_scale, check=all_of(ascending, above(0), within(0, 1)),
+        (1.0, 1.0), convert=_crop_scale, check=all_of(above(0), within(0, 1), ascending),
         help="area (min, max) of a random crop taken before the turn, as a fraction of the image; "
              "one number c means (c, 1); 1 means no crop")
     flip: bool = option(False, help="mirror half the images before the turn (4-way only: with 6-way "

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup_core.data.decoded import DecodedImages
-from selfsup_core.errors import DataError
+from selfsup_core.errors import ConfigError, DataError
 from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalizer, to_unit_range
 
 if TYPE_CHECKING:
@@ -19,6 +19,41 @@ if TYPE_CHECKING:
 def default_device() -> torch.device:
     """CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class StageFeatures(nn.Module):
+    """The mean-pooled feature map of one stage of an encoder, as ``(B, C)`` features.
+
+    A pretext can specialise an encoder's deepest stage on itself (rotation
+    at 32 px turns its last stage into the hidden layers of the turn
+    classifier); reading a shallower stage shows what the rest learnt. With
+    the deepest stage of a ResNet it gives what the encoder itself returns.
+
+    Args:
+        encoder: An encoder with ``forward_stages`` and ``stage_channels``.
+        stage: Index into its stages, shallow to deep (for the ResNets 0 is
+            the stem and 1-4 are ``layer1``-``layer4``); negative counts from
+            the deepest (-1).
+
+    Raises:
+        ConfigError: ``stage`` is not one of the encoder's stages.
+
+    Example:
+        >>> StageFeatures(build_encoder("tiny"), 1)(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 32])
+    """
+
+    def __init__(self, encoder: nn.Module, stage: int) -> None:
+        super().__init__()
+        count = len(encoder.stage_channels)
+        if not -count <= stage < count:
+            raise ConfigError(f"--stage {stage}: this encoder has {count} stages, 0 to {count - 1} "
+                              f"(or -{count} to -1 from the deepest).")
+        self.encoder, self.stage = encoder, stage
+        self.feature_dim = encoder.stage_channels[stage]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder.forward_stages(x)[self.stage].mean(dim=(2, 3))
 
 
 @torch.no_grad()

@@ -11,6 +11,10 @@ Three protocols, each against the same architecture randomly initialised
   full-batch with AdamW.
 * ``finetune``: the whole network, exactly as ``selfsup finetune`` does it.
 
+``--stage N`` makes ``knn`` and ``linear`` read the mean-pooled map of the
+encoder's stage N instead of its pooled output: a pretext may specialise the
+deepest stage on itself, and a shallower one shows what the rest learnt.
+
 Each evaluation prints one JSON line (protocol, encoder, task, label
 fraction, seed, top-1 of the final epoch, wall time and the protocol's
 settings) and appends it to ``results.jsonl`` in the run folder.
@@ -37,7 +41,7 @@ from selfsup_core.config import EvaluateConfig, FinetuneConfig, ParallelOptions,
 from selfsup_core.data.decoded import DecodedImages, label_subset
 from selfsup_core.data.sources import Split, load_split
 from selfsup_core.errors import ConfigError, DataError
-from selfsup_core.evaluation.features import extract_features
+from selfsup_core.evaluation.features import StageFeatures, extract_features
 from selfsup_core.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_predict
 from selfsup_core.evaluation.probe import PROBE_STEPS, train_linear_probe
 from selfsup_core.models.encoders import build_encoder, check_image_size
@@ -166,6 +170,7 @@ def frozen_protocols(
     probe_steps: int = PROBE_STEPS,
     batch_size: int = 256,
     processes: Fabric | None = None,
+    stage: int | None = None,
 ) -> list[EvalResult]:
     """Run the frozen-feature protocols, computing the features once for all.
 
@@ -178,6 +183,9 @@ def frozen_protocols(
         processes: A launched Lightning ``Fabric`` of several processes: they
             share the feature extraction, and each gets every feature (the
             kNN vote and the probe then run alike in each).
+        stage: Read the mean-pooled map of this stage of the encoder
+            (:class:`~selfsup_core.evaluation.features.StageFeatures`) instead
+            of its pooled output; ``None``: the output.
 
     Returns:
         One :class:`EvalResult` per protocol; ``seconds`` includes the
@@ -190,10 +198,11 @@ def frozen_protocols(
     labelled = label_subset(train, label_fraction, seed)
     assert labelled.labels is not None
     num_classes = max(len(train.classes), int(labelled.labels.max()) + 1, int(val.labels.max()) + 1)
+    module = encoder.module if stage is None else StageFeatures(encoder.module, stage)
     started = time.perf_counter()
-    bank = extract_features(encoder.module, labelled, mean=encoder.mean, std=encoder.std,
+    bank = extract_features(module, labelled, mean=encoder.mean, std=encoder.std,
                             batch_size=batch_size, processes=processes)
-    queries = extract_features(encoder.module, val, mean=encoder.mean, std=encoder.std,
+    queries = extract_features(module, val, mean=encoder.mean, std=encoder.std,
                                batch_size=batch_size, processes=processes)
     feature_seconds = time.perf_counter() - started
     common = {"encoder": encoder.name, "task": encoder.task, "arch": encoder.arch,
@@ -213,6 +222,8 @@ def frozen_protocols(
                        "standardised": True, "train_images": len(bank)}
         seconds = feature_seconds + time.perf_counter() - begun
         details.update(val_images=len(val), feature_dim=int(bank.shape[1]), feature_seconds=feature_seconds)
+        if stage is not None:
+            details["stage"] = stage
         results.append(EvalResult(protocol=protocol, top1=float(top1(predicted, val.labels)), seconds=seconds,
                                   details=details, **common))
     return results
@@ -276,6 +287,8 @@ def evaluate(
                                                    batch_size=batch_size, max_epochs=1), "finetune")
         assert settings.image_size is not None and settings.num_workers is not None
         check_image_size(loaded.arch, settings.image_size, host=host)  # before any data is read
+        if config.stage is not None:
+            StageFeatures(loaded.module, config.stage)  # likewise: a stage the encoder lacks fails now
         logger.info(settings_line(config.replace(arch=loaded.arch, image_size=settings.image_size),
                                   f"evaluate {protocol}"))
         split = labelled_split(data, val_data, settings.image_size, limit=limit, seed=seed,
@@ -284,7 +297,8 @@ def evaluate(
         assert split.val is not None
         (result,) = frozen_protocols(loaded, split.train, split.val, (protocol,),
                                      label_fraction=label_fraction, seed=seed,
-                                     batch_size=max(256, settings.batch_size or 0), processes=processes)
+                                     batch_size=max(256, settings.batch_size or 0), processes=processes,
+                                     stage=config.stage)
         result.details["data"] = split.source
         result.details["processes"] = 1 if processes is None else processes.world_size
         result.primary = primary

@@ -277,6 +277,8 @@ def settings_line(config: Any, job: str) -> str:
     parts += [f"label fraction {config.label_fraction:g}", f"seed {config.seed}"]
     if getattr(config, "augment", None) is not None:
         parts.append(f"augment [{', '.join(config.augment)}]")
+    if getattr(config, "stage", None) is not None:
+        parts.append(f"stage {config.stage}")
     if getattr(config, "precision", None):
         parts.append(f"precision {config.precision}")
     return f"{job} settings: " + ", ".join(parts)
