@@ -127,6 +127,11 @@ class PretextTask(nn.Module):
     options: TaskOptions
 
     def __init__(self, options: TaskOptions | None = None, **kwargs: Any) -> None:
+        """Build the task with ``options`` and/or option values (see the class docstring).
+
+        ``type(self).Options.describe()`` lists the options with their types,
+        defaults and meanings, as ``selfsup tasks --options NAME`` prints them.
+        """
         super().__init__()
         declared, what = type(self).Options, f"task {self.name!r}"
         if options is None:
