@@ -147,6 +147,12 @@ def _name_list(value: Any) -> Any:
     return value
 
 
+def _help_of(cls: type[Options], name: str) -> str:
+    """The help text ``cls`` declares for option ``name``: a subclass that only changes the
+    default text of an inherited option keeps its meaning in one place."""
+    return cls.__dataclass_fields__[name].metadata["help"]
+
+
 @dataclass(frozen=True)
 class FinetuneConfig(RunConfig):
     """``selfsup finetune`` settings. ``encoder="none"`` trains from scratch."""
@@ -163,7 +169,17 @@ class FinetuneConfig(RunConfig):
     val_data: str | None = option(None, help="labelled validation folder",
                                   default_text="--val-fraction of --data", metavar="DIR")
     val_fraction: float = option(0.2, help="share of --data held out when there is no --val-data",
-                                 check=within(0.0, 0.9))
+                                 check=within(0.0, 0.9), default_text="--like's, else 0.2")
+    image_size: int | None = option(None, help=_help_of(RunConfig, "image_size"), check=_ONE,
+                                    default_text="the encoder's, else --like's, else 32 for the built-in data; "
+                                                 "folders: 64 on a CPU, 128 on a GPU")
+    seed: int = option(0, help=_help_of(RunConfig, "seed"), default_text="--like's, else 0")
+    limit: int | None = option(None, help=_help_of(RunConfig, "limit"), check=_ONE,
+                               default_text="--like's, else all images")
+    max_epochs: int | None = option(None, help=_help_of(RunConfig, "max_epochs"), check=_ONE,
+                                    default_text="--like's, else 15 (built-in data) or 30")
+    batch_size: int | None = option(None, help=_help_of(RunConfig, "batch_size"), check=_ONE,
+                                    default_text="--like's, else 128; 256 for folders on a GPU")
     label_fraction: float | None = option(None, help="seeded, class-balanced share of the labels to train on",
                                           check=within(1e-9, 1.0), default_text="--like's, else 1.0")
     lr: float | None = option(None, help="peak learning rate (AdamW, warm-up then cosine)", check=positive,
@@ -188,19 +204,23 @@ class EvaluateConfig(ParallelOptions):
     like: str | None = option(
         None, help="mirror a run (with --encoder none): architecture and image size from its encoder.json; "
                    "from a finetune run folder also its recipe (epochs, batch size, lr, weight decay, label fraction, "
-                   "--augment) and the --seed and --limit that pick the labelled images (settings given here win)",
+                   "--augment) and the --seed, --val-fraction and --limit that pick the labelled images "
+                   "(settings given here win)",
         default_text="none: the stated defaults", metavar="RUN|FILE")
     arch: str | None = option(None, help="encoder architecture",
                               default_text="the encoder's, else --like's, else resnet18")
     data: str | None = option(None, help="labelled train folder", default_text="the built-in glyphs",
                               metavar="DIR")
-    val_data: str | None = option(None, help="labelled validation folder", default_text="20% of --data",
+    val_data: str | None = option(None, help="labelled validation folder", default_text="--val-fraction of --data",
                                   metavar="DIR")
+    val_fraction: float = option(0.2, help="share of --data held out when there is no --val-data",
+                                 check=within(0.0, 0.9), default_text="--like's, else 0.2")
     label_fraction: float | None = option(None, help="seeded, class-balanced share of the train labels",
                                           check=within(1e-9, 1.0), default_text="--like's, else 1.0")
     max_epochs: int | None = option(None, help="fine-tune epochs", check=_ONE,
                                     default_text="--like's, else as selfsup finetune chooses")
-    seed: int = option(0, help="seed of the label subset, the random encoder and the training")
+    seed: int = option(0, help="seed of the label subset, the random encoder and the training",
+                       default_text="--like's, else 0")
     stage: int | None = option(None, help="knn and linear: read the mean-pooled map of this stage of the "
                                           "encoder, shallow to deep from 0 (ResNets: 0 stem, 1-4 layer1-layer4; "
                                           "-1 the deepest), instead of its pooled output",
@@ -211,7 +231,7 @@ class EvaluateConfig(ParallelOptions):
                                     default_text="--like's, else as selfsup finetune chooses")
     limit: int | None = option(None, help="use a seeded subset of N train images (the built-in data: "
                                           "also N validation images)", check=_ONE,
-                               default_text="all images")
+                               default_text="--like's, else all images")
     out: str | None = option(None, help="folder for results.jsonl", default_text="a new folder in runs/",
                              metavar="DIR")
     progress: bool = option(False, help="show fine-tuning progress bars")
@@ -226,7 +246,7 @@ class EvaluateConfig(ParallelOptions):
         if self.protocol is None:
             raise ValueError("protocol is required: knn, linear or finetune")
         if self.stage is not None and self.protocol == "finetune":
-            raise ValueError("stage applies to the frozen protocols (knn, linear): finetune trains the whole "
+            raise ValueError("--stage applies to the frozen protocols (knn, linear): finetune trains the whole "
                              "network")
 
 

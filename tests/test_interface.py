@@ -66,6 +66,26 @@ def test_baseline_like_a_run_trains_at_its_size_and_architecture(tmp_path: Path,
     assert (_config(from_pre)["arch"], _config(from_pre)["image_size"], _config(from_pre)["lr"]) == ("tiny", 24, 0.001)
 
 
+def test_every_protocol_like_a_finetune_run_holds_out_its_share(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from conftest import write_image_folder
+
+    from selfsup_core import evaluate, finetune
+
+    caplog.set_level(logging.INFO, logger="selfsup_core")
+    images = write_image_folder(tmp_path / "images", per_class=8, size=24)  # 24 images, no val folder
+    tuned = finetune(encoder="none", arch="tiny", data=str(images), image_size=24, max_epochs=1, batch_size=8,
+                     val_fraction=0.5, seed=2, augment=[], progress=False, out=str(tmp_path / "tuned"))
+    held_out = json.loads((tuned.run_dir / "results.json").read_text())
+    for protocol in ("knn", "linear"):
+        row = evaluate(encoder="none", protocol=protocol, like=str(tuned.run_dir), data=str(images),
+                       out=tmp_path / "ev").as_dict()
+        assert row["val_images"] == 12 and row["seed"] == 2  # half of 24, as the run held out; default: 20 %
+    assert held_out["train_images"] == 12
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate linear settings:")][-1]
+    assert "seed 2, val fraction 0.5" in line
+
+
 def test_evaluate_like_mirrors_and_without_like_states_its_defaults(tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     from selfsup_core import evaluate, pretrain

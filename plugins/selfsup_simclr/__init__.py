@@ -81,7 +81,10 @@ class SimCLROptions(TaskOptions):
 
 
 class SimCLRTask(PretextTask):
-    """Two augmented views per image, one encoder pass, a projection MLP and NT-Xent."""
+    """Two augmented views per image, one encoder pass, a projection MLP and NT-Xent.
+
+    Options: see :class:`SimCLROptions` (``selfsup tasks --options simclr``).
+    """
 
     name = "simclr"
     summary = "Contrastive (SimCLR): two augmented views of each image, NT-Xent over the global batch."

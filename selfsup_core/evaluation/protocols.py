@@ -139,14 +139,14 @@ def open_encoder(
 def labelled_split(
     data: str | None, val_data: str | None, image_size: int, *, limit: int | None = None,
     seed: int = 0, num_workers: int = 0, cache: bool = True, strict: bool = False,
-    report_to: Path | None = None,
+    report_to: Path | None = None, val_fraction: float = FinetuneConfig.val_fraction,
 ) -> Split:
     """Labelled train/val images, chosen as ``selfsup finetune`` chooses them.
 
-    Without ``val_data`` a folder gives up a seeded 20 % for validation;
-    ``data=None`` gives the built-in glyph train and val splits.
+    Without ``val_data`` a folder gives up a seeded ``val_fraction`` (20 %)
+    for validation; ``data=None`` gives the built-in glyph train and val splits.
     """
-    split = load_split(data, image_size, val_data=val_data, val_fraction=FinetuneConfig.val_fraction,
+    split = load_split(data, image_size, val_data=val_data, val_fraction=val_fraction,
                        limit=limit, labelled=True, seed=seed, num_workers=num_workers, cache=cache,
                        strict=strict, report_to=report_to)
     if split.val is None or len(split.val) == 0 or split.val.labels is None:
@@ -279,7 +279,7 @@ def evaluate(
                                     label_fraction=label_fraction, max_epochs=config.max_epochs, seed=seed,
                                     image_size=image_size, batch_size=batch_size, limit=limit,
                                     run_dir=run_dir, progress=config.progress, host=host, like=config.like,
-                                    strict=config.strict, parallel=config)
+                                    strict=config.strict, parallel=config, val_fraction=config.val_fraction)
         primary = result.primary
     else:
         loaded = open_encoder(encoder, arch, seed, host=host)
@@ -292,6 +292,7 @@ def evaluate(
         logger.info(settings_line(config.replace(arch=loaded.arch, image_size=settings.image_size),
                                   f"evaluate {protocol}"))
         split = labelled_split(data, val_data, settings.image_size, limit=limit, seed=seed,
+                               val_fraction=config.val_fraction,
                                num_workers=settings.num_workers, strict=config.strict,
                                report_to=run_dir if primary else None)
         assert split.val is not None
@@ -343,7 +344,8 @@ def _finetune_protocol(encoder: str, *, arch: str | None, data: str | None, val_
                        label_fraction: float, max_epochs: int | None, seed: int, image_size: int | None,
                        batch_size: int | None, limit: int | None, run_dir: Path,
                        progress: bool, host: PluginHost | None = None, like: str | None = None,
-                       strict: bool = False, parallel: ParallelOptions | None = None) -> EvalResult:
+                       strict: bool = False, parallel: ParallelOptions | None = None,
+                       val_fraction: float = FinetuneConfig.val_fraction) -> EvalResult:
     from selfsup_core.training.finetuning import finetune  # Lightning import: only when fine-tuning
 
     task = "none" if encoder == "none" else read_encoder_info(encoder).task
@@ -351,7 +353,7 @@ def _finetune_protocol(encoder: str, *, arch: str | None, data: str | None, val_
     outcome = finetune(encoder=encoder, arch=arch, data=data, val_data=val_data,
                        label_fraction=label_fraction, max_epochs=max_epochs, seed=seed,
                        image_size=image_size, batch_size=batch_size, limit=limit, progress=progress, host=host,
-                       like=like, strict=strict,
+                       like=like, strict=strict, val_fraction=val_fraction,
                        keep_checkpoint=False,  # an evaluation is not resumed: no checkpoint to keep
                        out=str(_finetune_dir(run_dir, tag, seed, several=parallel is not None and (
                            parallel.devices != 1 or parallel.num_nodes != 1))),

@@ -275,6 +275,11 @@ def settings_line(config: Any, job: str) -> str:
         parts += [f"{epochs} epoch{'' if epochs == 1 else 's'}", f"batch size {config.batch_size}", f"lr {config.lr:g}",
                   f"weight decay {config.weight_decay:g}"]
     parts += [f"label fraction {config.label_fraction:g}", f"seed {config.seed}"]
+    held_out = getattr(config, "data", None) is not None and getattr(config, "val_data", None) is None
+    if held_out and getattr(config, "val_fraction", None) is not None:  # the built-in data has its own split
+        parts.append(f"val fraction {config.val_fraction:g}")
+    if getattr(config, "limit", None) is not None:
+        parts.append(f"limit {config.limit}")
     if getattr(config, "augment", None) is not None:
         parts.append(f"augment [{', '.join(config.augment)}]")
     if getattr(config, "stage", None) is not None:
