@@ -340,6 +340,9 @@ class BenchEvalConfig(Options):
     label_fraction: float = option(0.1, help="share of the train labels for fine-tuning",
                                    check=within(1e-9, 1.0))
     full_finetune: bool = option(False, help="also fine-tune with all labels (same epochs)")
+    stage: int | None = option(None, help="kNN and the probe read the mean-pooled map of this encoder stage, "
+                                          "as selfsup evaluate --stage does", default_text="the encoder's output",
+                               metavar="N")
     limit: int | None = option(None, help="use a seeded, class-stratified subset of N train images (each seed's "
                                     "pretraining and fine-tunes draw their own, shared by every encoder; "
                                     "kNN and the probe use seed 0's)",

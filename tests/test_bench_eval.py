@@ -39,6 +39,26 @@ def test_bench_eval_writes_table_and_json(tmp_path: Path, capsys) -> None:
     assert len(encoders - {"none"}) == 2  # kNN read each seed's own encoder
 
 
+def test_bench_eval_reads_the_stage_it_is_given(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "nette"
+    write_image_folder(root / "train", per_class=4, size=36)
+    write_image_folder(root / "val", per_class=2, size=36, seed=1)
+    base = ["bench", "eval", "--data", str(root), "--tasks", "rotation", "--arch", "tiny", "--image-size", "32",
+            "--batch-size", "8", "--pretrain-epochs", "1", "--finetune-epochs", "1", "--seeds", "1",
+            "--num-workers", "0"]
+    assert main([*base, "--stage", "3", "--out", str(tmp_path / "none")]) == 1  # tiny has 3 stages: 0-2
+    assert "--stage 3: this encoder has 3 stages" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()  # refused before anything was read or written
+    out = tmp_path / "bench"
+    assert main([*base, "--stage", "1", "--out", str(out)]) == 0
+    frozen = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()
+              if json.loads(line)["protocol"] != "finetune"]
+    assert len(frozen) == 4 and all(r["stage"] == 1 and r["feature_dim"] == 32 for r in frozen)
+    report = json.loads((out / "bench_eval.json").read_text())
+    assert report["settings"]["stage"] == 1 and "--stage 1" in report["command"]
+    assert "read the mean-pooled map of encoder stage 1" in (out / "bench_eval.md").read_text()
+
+
 def test_bench_eval_missing_data_is_one_line_error(tmp_path: Path, capsys) -> None:
     assert main(["bench", "eval", "--data", str(tmp_path / "nowhere")]) == 1
     assert "train/ and val/" in capsys.readouterr().err

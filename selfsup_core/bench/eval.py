@@ -64,6 +64,7 @@ import torch
 from selfsup_core.bench.timing import machine
 from selfsup_core.config import IMAGENETTE_ENV, BenchEvalConfig
 from selfsup_core.errors import DataError
+from selfsup_core.evaluation.features import StageFeatures
 from selfsup_core.evaluation.protocols import (
     RESULTS_NAME,
     append_result,
@@ -115,7 +116,9 @@ def run(args: BenchEvalConfig) -> int:
     if not (train_dir.is_dir() and val_dir.is_dir()):
         raise DataError(f"{root} needs train/ and val/ folders (Imagenette layout): download Imagenette "
                         f"and pass --data or set {IMAGENETTE_ENV}.")
-    check_image_size(args.arch, args.image_size)  # before any data is read
+    encoder = check_image_size(args.arch, args.image_size)  # before any data is read
+    if args.stage is not None:
+        StageFeatures(encoder, args.stage)  # likewise: a stage the encoder lacks fails now
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else new_run_dir("bench-eval")
@@ -159,7 +162,7 @@ def run(args: BenchEvalConfig) -> int:
     def frozen_rows(encoder: str, row: Row, seed: int) -> None:
         loaded = open_encoder(encoder, args.arch, seed)
         for result in frozen_protocols(loaded, split.train, split.val, ("knn", "linear"), seed=seed,
-                                       batch_size=256):
+                                       batch_size=256, stage=args.stage):
             result.details["data"] = str(root)
             append_result(log, result)
             getattr(row, result.protocol).append(result.top1)
@@ -284,7 +287,10 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Top-1 % on {s['val_images']} val images, final epoch; "
         + (f"(a-b) = range over seeds {s['seeds']}. " if len(s["seeds"]) > 1 else f"one seed ({s['seeds'][0]}). ")
         + f"{s['arch']}, {s['image_size']} x {s['image_size']} px, {s['train_images']} train images, "
-        f"fine-tune {epochs}. kNN: k=20, T=0.07, bank = all labelled train images. "
+        f"fine-tune {epochs}. "
+        + ("" if s.get("stage") is None else
+           f"kNN and probe read the mean-pooled map of encoder stage {s['stage']}, not the encoder's output. ")
+        + "kNN: k=20, T=0.07, bank = all labelled train images. "
         f"Linear probe: standardised frozen features, full-batch AdamW, 300 steps. "
         f"Each seed pretrains, probes and fine-tunes anew; pretext seconds are per pretraining. "
         f"'yes' = gain larger than the noise floor (the larger seed range of the two rows). "
