@@ -203,9 +203,9 @@ class EvaluateConfig(ParallelOptions):
         None, help="knn, linear (probe on frozen features) or finetune", default_text="required")
     like: str | None = option(
         None, help="mirror a run (with --encoder none): architecture and image size from its encoder.json; "
-                   "from a finetune run folder also its recipe (epochs, batch size, lr, weight decay, label fraction, "
-                   "--augment) and the --seed, --val-fraction and --limit that pick the labelled images "
-                   "(settings given here win)",
+                   "from a finetune run folder also epochs, batch size, label fraction (and for --protocol "
+                   "finetune its lr, weight decay and --augment) and the --seed, --val-fraction and --limit that "
+                   "pick the labelled images (settings given here win)",
         default_text="none: the stated defaults", metavar="RUN|FILE")
     arch: str | None = option(None, help="encoder architecture",
                               default_text="the encoder's, else --like's, else resnet18")
@@ -219,7 +219,7 @@ class EvaluateConfig(ParallelOptions):
                                           check=within(1e-9, 1.0), default_text="--like's, else 1.0")
     max_epochs: int | None = option(None, help="fine-tune epochs", check=_ONE,
                                     default_text="--like's, else as selfsup finetune chooses")
-    seed: int = option(0, help="seed of the label subset, the random encoder and the training",
+    seed: int = option(0, help="seed of the split, the label subset, the random encoder and the training",
                        default_text="--like's, else 0")
     stage: int | None = option(None, help="knn and linear: read the mean-pooled map of this stage of the "
                                           "encoder, shallow to deep from 0 (ResNets: 0 stem, 1-4 layer1-layer4; "
@@ -341,8 +341,9 @@ class BenchEvalConfig(Options):
                                    check=within(1e-9, 1.0))
     full_finetune: bool = option(False, help="also fine-tune with all labels (same epochs)")
     stage: int | None = option(None, help="kNN and the probe read the mean-pooled map of this encoder stage, "
-                                          "as selfsup evaluate --stage does", default_text="the encoder's output",
-                               metavar="N")
+                                          "shallow to deep from 0 (ResNets: 0 stem, 1-4 layer1-layer4; -1 the "
+                                          "deepest), as selfsup evaluate --stage does",
+                               default_text="the encoder's output", metavar="N")
     limit: int | None = option(None, help="use a seeded, class-stratified subset of N train images (each seed's "
                                     "pretraining and fine-tunes draw their own, shared by every encoder; "
                                     "kNN and the probe use seed 0's)",

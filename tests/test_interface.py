@@ -81,7 +81,8 @@ def test_every_protocol_like_a_finetune_run_holds_out_its_share(tmp_path: Path,
         row = evaluate(encoder="none", protocol=protocol, like=str(tuned.run_dir), data=str(images),
                        out=tmp_path / "ev").as_dict()
         assert row["val_images"] == 12 and row["seed"] == 2  # half of 24, as the run held out; default: 20 %
-    assert held_out["train_images"] == 12
+        assert row["val_fraction"] == 0.5 and "limit" not in row  # what picked the images, in the record
+    assert (held_out["train_images"], held_out["val_images"], held_out["seed"]) == (12, 12, 2)
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate linear settings:")][-1]
     assert "seed 2, val fraction 0.5" in line
 

@@ -303,6 +303,10 @@ def evaluate(
         result.details["data"] = split.source
         result.details["processes"] = 1 if processes is None else processes.world_size
         result.primary = primary
+    if limit is not None:
+        result.details["limit"] = limit
+    if data is not None and val_data is None:  # a held-out share of --data, not a folder of its own
+        result.details["val_fraction"] = config.val_fraction
     if config.like:
         result.details["like"] = str(config.like)
     result.seconds = time.perf_counter() - started

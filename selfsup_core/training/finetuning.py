@@ -126,8 +126,9 @@ def finetune(
     if split.val is None or len(split.val) == 0:
         raise DataError("fine-tuning needs validation images: give --val-data or a --val-fraction above 0.")
     train = label_subset(split.train, config.label_fraction, config.seed)
-    logger.info("fine-tuning %s encoder on %d labelled images (%d classes), validating on %d",
-                config.encoder, len(train), len(train.classes), len(split.val))
+    logger.info("fine-tuning %s on %d labelled images (%d classes), validating on %d",
+                "a randomly initialised encoder" if config.encoder == "none" else config.encoder,
+                len(train), len(train.classes), len(split.val))
     module = ClassifierModule(
         num_classes=len(train.classes), arch=config.arch,
         encoder_path=None if config.encoder == "none" else config.encoder,
@@ -153,7 +154,9 @@ def finetune(
                             history.history, primary=run.primary)
     if run.primary:  # accuracies are over every process's share of the validation images
         write_json(run_dir / "results.json", {"job": "finetune", "encoder": config.encoder, "arch": config.arch,
-                                              "processes": trainer.world_size, **result.as_dict()})
+                                              "seed": config.seed, "label_fraction": config.label_fraction,
+                                              "val_images": len(split.val), "processes": trainer.world_size,
+                                              **result.as_dict()})
         finish_checkpoint(run_dir, config.keep_checkpoint)
     return result
 
