@@ -153,6 +153,19 @@ def _help_of(cls: type[Options], name: str) -> str:
     return cls.__dataclass_fields__[name].metadata["help"]
 
 
+def _val_fraction_option() -> Any:
+    """``--val-fraction`` of the commands that hold out part of a labelled folder (finetune, evaluate)."""
+    return option(0.2, help="share of --data held out when there is no --val-data", check=within(0.0, 0.9),
+                  default_text="--like's, else 0.2")
+
+
+def _stage_option() -> Any:
+    """``--stage`` of the commands that read frozen features (evaluate, bench eval)."""
+    return option(None, help="kNN and the probe read the mean-pooled map of this encoder stage, shallow to deep "
+                             "from 0 (ResNets: 0 stem, 1-4 layer1-layer4; -1 the deepest), instead of its "
+                             "pooled output", default_text="the encoder's output", metavar="N")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig(RunConfig):
     """``selfsup finetune`` settings. ``encoder="none"`` trains from scratch."""
@@ -168,8 +181,7 @@ class FinetuneConfig(RunConfig):
                               default_text="the encoder's, else --like's, else resnet18")
     val_data: str | None = option(None, help="labelled validation folder",
                                   default_text="--val-fraction of --data", metavar="DIR")
-    val_fraction: float = option(0.2, help="share of --data held out when there is no --val-data",
-                                 check=within(0.0, 0.9), default_text="--like's, else 0.2")
+    val_fraction: float = _val_fraction_option()
     image_size: int | None = option(None, help=_help_of(RunConfig, "image_size"), check=_ONE,
                                     default_text="the encoder's, else --like's, else 32 for the built-in data; "
                                                  "folders: 64 on a CPU, 128 on a GPU")
@@ -213,18 +225,14 @@ class EvaluateConfig(ParallelOptions):
                               metavar="DIR")
     val_data: str | None = option(None, help="labelled validation folder", default_text="--val-fraction of --data",
                                   metavar="DIR")
-    val_fraction: float = option(0.2, help="share of --data held out when there is no --val-data",
-                                 check=within(0.0, 0.9), default_text="--like's, else 0.2")
+    val_fraction: float = _val_fraction_option()
     label_fraction: float | None = option(None, help="seeded, class-balanced share of the train labels",
                                           check=within(1e-9, 1.0), default_text="--like's, else 1.0")
     max_epochs: int | None = option(None, help="fine-tune epochs", check=_ONE,
                                     default_text="--like's, else as selfsup finetune chooses")
     seed: int = option(0, help="seed of the split, the label subset, the random encoder and the training",
                        default_text="--like's, else 0")
-    stage: int | None = option(None, help="knn and linear: read the mean-pooled map of this stage of the "
-                                          "encoder, shallow to deep from 0 (ResNets: 0 stem, 1-4 layer1-layer4; "
-                                          "-1 the deepest), instead of its pooled output",
-                               default_text="the encoder's output", metavar="N")
+    stage: int | None = _stage_option()  # knn and linear only (validate)
     image_size: int | None = option(None, help="square image size", check=_ONE,
                                     default_text="the encoder's, else --like's, else as selfsup finetune")
     batch_size: int | None = option(None, help="images per batch", check=_ONE,
@@ -340,10 +348,7 @@ class BenchEvalConfig(Options):
     label_fraction: float = option(0.1, help="share of the train labels for fine-tuning",
                                    check=within(1e-9, 1.0))
     full_finetune: bool = option(False, help="also fine-tune with all labels (same epochs)")
-    stage: int | None = option(None, help="kNN and the probe read the mean-pooled map of this encoder stage, "
-                                          "shallow to deep from 0 (ResNets: 0 stem, 1-4 layer1-layer4; -1 the "
-                                          "deepest), as selfsup evaluate --stage does",
-                               default_text="the encoder's output", metavar="N")
+    stage: int | None = _stage_option()
     limit: int | None = option(None, help="use a seeded, class-stratified subset of N train images (each seed's "
                                     "pretraining and fine-tunes draw their own, shared by every encoder; "
                                     "kNN and the probe use seed 0's)",

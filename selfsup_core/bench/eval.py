@@ -64,7 +64,7 @@ import torch
 from selfsup_core.bench.timing import machine
 from selfsup_core.config import IMAGENETTE_ENV, BenchEvalConfig
 from selfsup_core.errors import DataError
-from selfsup_core.evaluation.features import StageFeatures
+from selfsup_core.evaluation.features import check_stage
 from selfsup_core.evaluation.protocols import (
     RESULTS_NAME,
     append_result,
@@ -118,7 +118,7 @@ def run(args: BenchEvalConfig) -> int:
                         f"and pass --data or set {IMAGENETTE_ENV}.")
     encoder = check_image_size(args.arch, args.image_size)  # before any data is read
     if args.stage is not None:
-        StageFeatures(encoder, args.stage)  # likewise: a stage the encoder lacks fails now
+        check_stage(encoder, args.stage)  # likewise
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else new_run_dir("bench-eval")

@@ -21,6 +21,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_stage(encoder: nn.Module, stage: int) -> None:
+    """Raise :class:`ConfigError` unless ``stage`` indexes one of ``encoder``'s stages (negative: from the deepest).
+
+    Example:
+        >>> check_stage(build_encoder("tiny"), -3)  # the tiny encoder's three stages: 0-2, or -3 to -1
+    """
+    count = len(encoder.stage_channels)
+    if not -count <= stage < count:
+        raise ConfigError(f"--stage {stage}: this encoder has {count} stages, 0 to {count - 1} "
+                          f"(or -{count} to -1 from the deepest).")
+
+
 class StageFeatures(nn.Module):
     """The mean-pooled feature map of one stage of an encoder, as ``(B, C)`` features.
 
@@ -45,10 +57,7 @@ class StageFeatures(nn.Module):
 
     def __init__(self, encoder: nn.Module, stage: int) -> None:
         super().__init__()
-        count = len(encoder.stage_channels)
-        if not -count <= stage < count:
-            raise ConfigError(f"--stage {stage}: this encoder has {count} stages, 0 to {count - 1} "
-                              f"(or -{count} to -1 from the deepest).")
+        check_stage(encoder, stage)
         self.encoder, self.stage = encoder, stage
         self.feature_dim = encoder.stage_channels[stage]
 

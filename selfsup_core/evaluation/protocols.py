@@ -41,7 +41,7 @@ from selfsup_core.config import EvaluateConfig, FinetuneConfig, ParallelOptions,
 from selfsup_core.data.decoded import DecodedImages, label_subset
 from selfsup_core.data.sources import Split, load_split
 from selfsup_core.errors import ConfigError, DataError
-from selfsup_core.evaluation.features import StageFeatures, extract_features
+from selfsup_core.evaluation.features import StageFeatures, check_stage, extract_features
 from selfsup_core.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_predict
 from selfsup_core.evaluation.probe import PROBE_STEPS, train_linear_probe
 from selfsup_core.models.encoders import build_encoder, check_image_size
@@ -50,7 +50,7 @@ from selfsup_core.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from selfsup_core.plugin.host import PluginHost
 from selfsup_core.quiet import quiet_job
 from selfsup_core.tasks.metrics import top1
-from selfsup_core.training.runs import apply_like, new_run_dir, settings_line
+from selfsup_core.training.runs import apply_like, holds_out, new_run_dir, settings_line
 
 if TYPE_CHECKING:
     from lightning_fabric import Fabric
@@ -288,7 +288,7 @@ def evaluate(
         assert settings.image_size is not None and settings.num_workers is not None
         check_image_size(loaded.arch, settings.image_size, host=host)  # before any data is read
         if config.stage is not None:
-            StageFeatures(loaded.module, config.stage)  # likewise: a stage the encoder lacks fails now
+            check_stage(loaded.module, config.stage)  # likewise
         logger.info(settings_line(config.replace(arch=loaded.arch, image_size=settings.image_size),
                                   f"evaluate {protocol}"))
         split = labelled_split(data, val_data, settings.image_size, limit=limit, seed=seed,
@@ -305,7 +305,7 @@ def evaluate(
         result.primary = primary
     if limit is not None:
         result.details["limit"] = limit
-    if data is not None and val_data is None:  # a held-out share of --data, not a folder of its own
+    if holds_out(config):
         result.details["val_fraction"] = config.val_fraction
     if config.like:
         result.details["like"] = str(config.like)

@@ -261,6 +261,13 @@ def _declared_defaults(cls: type) -> dict[str, Any]:
     return defaults
 
 
+def holds_out(config: Any) -> bool:
+    """True when ``config`` validates on a held-out ``val_fraction`` of its ``data`` folder: a folder is
+    given and no ``val_data`` (the built-in data has its own split)."""
+    return (getattr(config, "data", None) is not None and getattr(config, "val_data", None) is None
+            and getattr(config, "val_fraction", None) is not None)
+
+
 def settings_line(config: Any, job: str) -> str:
     """The settings a fine-tune or evaluation uses, in one line (the commands print it)."""
     encoder = str(getattr(config, "encoder", "none"))
@@ -275,8 +282,7 @@ def settings_line(config: Any, job: str) -> str:
         parts += [f"{epochs} epoch{'' if epochs == 1 else 's'}", f"batch size {config.batch_size}", f"lr {config.lr:g}",
                   f"weight decay {config.weight_decay:g}"]
     parts += [f"label fraction {config.label_fraction:g}", f"seed {config.seed}"]
-    held_out = getattr(config, "data", None) is not None and getattr(config, "val_data", None) is None
-    if held_out and getattr(config, "val_fraction", None) is not None:  # the built-in data has its own split
+    if holds_out(config):
         parts.append(f"val fraction {config.val_fraction:g}")
     if getattr(config, "limit", None) is not None:
         parts.append(f"limit {config.limit}")
