@@ -391,7 +391,7 @@ def _main(argv: Sequence[str] | None, host: PluginHost | None, use_plugin_host: 
         print(f"selfsup: terminated (SIGTERM); a run with a checkpoints/last.ckpt resumes with: {resume}",
               file=sys.stderr)
         return 128 + signal.SIGTERM
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # torch raises a RuntimeError over a failed write
         error = disk_error(exc)  # a full or read-only disk, wherever it was met: one line
         if error is None:
             raise

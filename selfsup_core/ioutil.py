@@ -21,19 +21,45 @@ _UNWRITABLE = {errno.EROFS: "read-only file system", errno.EACCES: "permission d
                errno.EPERM: "permission denied"}
 
 
-def disk_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> OutputError | None:
-    """The one-line error for a full or unwritable disk, or ``None`` for any other ``OSError``.
+def disk_error(exc: BaseException, path: str | os.PathLike[str] | None = None) -> OutputError | None:
+    """The one-line error for a full or unwritable disk, or ``None`` for any other error.
+
+    The ``OSError`` may sit behind ``exc``: ``torch.save`` meets a full disk as
+    a failed write inside its zip writer and raises a ``RuntimeError``
+    ("unexpected pos ...") while handling it, so the chain is searched.
 
     Args:
         exc: The error raised while writing.
-        path: The file or folder being written (default: the one ``exc`` names).
+        path: The file or folder being written (default: the one the ``OSError`` names).
+
+    Example:
+        >>> disk_error(OSError(errno.ENOSPC, "No space left on device", "run/last.ckpt"))
+        OutputError('no space left on device while writing run/last.ckpt: free some space or choose another --out.')
     """
-    where = path if path is not None else exc.filename
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+    cause = _os_error_behind(exc)
+    if cause is None:
+        return None
+    where = path if path is not None else cause.filename
+    if cause.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return OutputError(f"no space left on device while writing {where}: free some space or choose "
                            f"another --out.")
-    if exc.errno in _UNWRITABLE:
-        return OutputError(f"cannot write {where}: {_UNWRITABLE[exc.errno]}; choose another --out.")
+    if cause.errno == errno.EFBIG:
+        return OutputError(f"cannot write {where}: file too large (a file-size limit, `ulimit -f`, or the "
+                           f"file system's); choose another --out.")
+    if cause.errno in _UNWRITABLE:
+        return OutputError(f"cannot write {where}: {_UNWRITABLE[cause.errno]}; choose another --out.")
+    return None
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """``exc`` if it is an ``OSError``, else the first one it was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None
 
 
@@ -42,7 +68,9 @@ def reporting_disk_errors(path: str | os.PathLike[str] | None = None) -> Iterato
     """Turn a full or unwritable disk met inside the block into one :class:`OutputError` naming ``path``."""
     try:
         yield
-    except OSError as exc:
+    except OutputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised unless a disk error lies behind it
         error = disk_error(exc, path)
         if error is None:
             raise
@@ -84,7 +112,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         try:
             os.fchmod(fd, default_file_mode())  # mkstemp's 0o600 would keep the file from the team
-            # Through a Python file, so a full disk is an OSError (ENOSPC), not a C++ stream error.
+            # Through a Python file, so a full disk raises an OSError (ENOSPC) that disk_error finds
+            # behind torch.save's RuntimeError; a path would give only a C++ stream error.
             with os.fdopen(fd, "wb") as handle:
                 write(handle)
                 handle.flush()

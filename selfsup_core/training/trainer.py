@@ -463,8 +463,8 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
         except SIGTERMException:  # Lightning's own SIGTERM stop (outside the steps this module handles)
             raise RunInterrupted(f"terminated by SIGTERM; {stop.last_saved}. Resume with: {stop.resume_hint}",
                                  128 + signal.SIGTERM) from None
-        except OSError as exc:
-            error = disk_error(exc, exc.filename or run_dir)
+        except (OSError, RuntimeError) as exc:  # torch raises a RuntimeError over a failed write
+            error = disk_error(exc, getattr(exc, "filename", None) or run_dir)
             if error is None:
                 raise
             raise error from exc
