@@ -76,7 +76,7 @@ def provide_encoders(code: str, root: Path) -> None:
         if not (root / run / "encoder.safetensors").is_file():
             # resnet18: the "loading by hand" example loads it into torchvision's.
             pretrain(task="rotation", data=str(root / "unlabelled"), out=str(root / run), arch="resnet18",
-                     image_size=32, max_epochs=1, progress=False)
+                     image_size=32, max_epochs=1, progress=False, keep_checkpoint=False)  # 0.14 GB less disk
 
 
 @pytest.mark.parametrize("relative", RUNNABLE_DOCS)

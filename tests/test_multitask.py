@@ -64,7 +64,8 @@ def test_parse_tasks_reads_weights() -> None:
 
 
 def test_pretrain_rotation_plus_crappify_exports_and_fine_tunes(tmp_path: Path) -> None:
-    common = ["--image-size", "32", "--batch-size", "16", "--limit", "64", "--max-epochs", "1", "--no-progress"]
+    common = ["--image-size", "32", "--batch-size", "16", "--limit", "64", "--max-epochs", "1", "--no-progress",
+              "--no-keep-checkpoint"]  # a ResNet-18 checkpoint is 0.14 GB: no test disk needs two
     assert main(["pretrain", "--task", "rotation+crappify:0.5", "--task-option", "crappify.text_p=0",
                  "--arch", "resnet18", *common, "--out", str(tmp_path / "pre")]) == 0
     info = json.loads((tmp_path / "pre" / "encoder.json").read_text())

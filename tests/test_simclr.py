@@ -93,7 +93,8 @@ def test_both_views_share_one_encoder_pass() -> None:
 
 
 def test_pretrain_simclr_exports_a_torchvision_encoder_and_fine_tunes(tmp_path: Path) -> None:
-    common = ["--image-size", "32", "--batch-size", "16", "--limit", "64", "--max-epochs", "1", "--no-progress"]
+    common = ["--image-size", "32", "--batch-size", "16", "--limit", "64", "--max-epochs", "1", "--no-progress",
+              "--no-keep-checkpoint"]  # a ResNet-18 checkpoint is 0.14 GB: no test disk needs two
     assert main(["pretrain", "--task", "simclr", "--arch", "resnet18", *common, "--out", str(tmp_path / "pre")]) == 0
     model = torchvision.models.resnet18()
     model.fc = torch.nn.Identity()
