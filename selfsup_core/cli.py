@@ -353,7 +353,25 @@ def main(argv: Sequence[str] | None = None, host: PluginHost | None = None) -> i
     from selfsup_core.plugin.host import use_plugin_host
 
     with _terminate_as_exception():
-        return _main(argv, host, use_plugin_host)
+        try:
+            return _main(argv, host, use_plugin_host)
+        finally:
+            _release_process_group()
+
+
+def _release_process_group() -> None:
+    """Destroy the process group a distributed run made, before the interpreter exits.
+
+    Left to the interpreter's exit, gloo's threads sometimes abort a process
+    whose run had finished ("terminate called without an active exception",
+    SIGABRT), and torchrun then reports the whole run as failed.
+    """
+    if "torch" not in sys.modules:  # no run started: nothing to release (and no slow import)
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _main(argv: Sequence[str] | None, host: PluginHost | None, use_plugin_host: Any) -> int:
