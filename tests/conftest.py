@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,26 @@ def start_until_checkpoint(command: list[str], out: Path, log: Path, min_epochs:
                         f"{log.read_text()[-3000:]}")
         time.sleep(0.1)
     return process
+
+
+@contextmanager
+def mounted(path: Path, *options: str):
+    """Mount a tmpfs (or remount a bind mount read-only) at ``path`` when this process may; yields whether it did."""
+    path.mkdir(parents=True, exist_ok=True)
+    if "ro" in options:
+        command = [["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,ro,bind", str(path)]]
+    else:
+        command = [["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)]]
+    done = 0
+    try:
+        for step in command:
+            if subprocess.run(step, capture_output=True).returncode != 0:
+                break
+            done += 1
+        yield done == len(command)
+    finally:
+        if done:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 @pytest.fixture

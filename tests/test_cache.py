@@ -6,14 +6,13 @@ import errno
 import fcntl
 import json
 import os
-import subprocess
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import mounted
 from PIL import Image
 
 import selfsup_core.data.files as data_module
@@ -357,26 +356,6 @@ def test_an_unwritable_cache_folder_falls_back_to_memory(
 
 
 # -- faults: a full disk, corruption anywhere, a read-only folder; eviction; selfsup cache ---------------
-
-
-@contextmanager
-def mounted(path: Path, *options: str):
-    """Mount a tmpfs (or remount a bind mount read-only) at ``path`` when this process may; yields whether it did."""
-    path.mkdir(parents=True, exist_ok=True)
-    if "ro" in options:
-        command = [["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,ro,bind", str(path)]]
-    else:
-        command = [["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)]]
-    done = 0
-    try:
-        for step in command:
-            if subprocess.run(step, capture_output=True).returncode != 0:
-                break
-            done += 1
-        yield done == len(command)
-    finally:
-        if done:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def _no_space(*args, **kwargs):
