@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from conftest import mounted, start_until_checkpoint
 from selfsup_core.cli import main
 from selfsup_core.errors import OutputError
 from selfsup_core.ioutil import atomic_write_text
-from selfsup_core.training.trainer import build_trainer, fit, read_checkpoint
+from selfsup_core.training.pretext_module import PretextModule
+from selfsup_core.training.trainer import build_trainer, checkpoint_bytes, fit, read_checkpoint, warn_if_short_of_space
 
 TINY = ["--arch", "tiny", "--image-size", "32", "--batch-size", "16", "--limit", "64", "--no-progress"]
 STEPS_PER_EPOCH = 64 // 16
@@ -286,24 +288,44 @@ def test_full_disk_while_checkpointing_is_one_line(tmp_path: Path, monkeypatch: 
     assert "Traceback" not in err and not list((out / "checkpoints").glob(".*.tmp"))
 
 
-def test_a_really_full_disk_is_one_line_and_keeps_the_last_checkpoint(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_really_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     # Room for one checkpoint of the tiny model (0.3 MB) but not for the next one's temporary copy
     # beside it: epoch 1 saves, epoch 2 meets a real ENOSPC inside torch.save (which raises a
-    # RuntimeError over it; the test above fakes the OSError).
+    # RuntimeError over it; the test above fakes the OSError). Then the disk grows and the run goes on.
     disk = tmp_path / "disk"
+    run, checkpoint = disk / "run", disk / "run" / "checkpoints" / "last.ckpt"
     with mounted(disk, "size=500k") as real_disk:
         if not real_disk:
             pytest.skip("cannot mount a small tmpfs here (needs root): the simulated test above stands in")
-        assert _pretrain(disk / "run", "--max-epochs", "3") == 1
+        assert _pretrain(run, "--max-epochs", "3") == 1
         err = capsys.readouterr().err
-        assert err.strip().splitlines()[-1] == (f"selfsup: error: no space left on device while writing "
-                                                f"{disk}/run/checkpoints/last.ckpt: free some space or "
-                                                f"choose another --out."), err[-3000:]
+        assert err.strip().splitlines()[-1] == (
+            f"selfsup: error: no space left on device while writing {checkpoint}: free some space or choose "
+            f"another --out. Nothing earlier is lost: the last checkpoint is {checkpoint} (1 epoch(s), step "
+            f"{STEPS_PER_EPOCH}); once there is room, go on with: selfsup pretrain --resume --out {run}"), err
         assert "Traceback" not in err
-        checkpoints = disk / "run" / "checkpoints"
-        assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]  # no half-written temporary
-        assert read_checkpoint(checkpoints / "last.ckpt").epochs_completed == 1
+        assert f"MB free in {run}: this model's checkpoint takes about 0.3 MB" in caplog.text  # said up front
+        assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["last.ckpt"]  # no half-written temporary
+        assert read_checkpoint(checkpoint).epochs_completed == 1
+        assert subprocess.run(["mount", "-o", "remount,size=4m", str(disk)]).returncode == 0
+        assert _resume(run) == 0  # the printed command, with the room it asked for
+        assert read_checkpoint(checkpoint).epochs_completed == 3 and (run / "encoder.safetensors").is_file()
+
+
+def test_the_space_warning_knows_a_checkpoints_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert _pretrain(out, "--max-epochs", "1") == 0
+    assert "MB free in" not in caplog.text  # a roomy disk: no warning
+    module = PretextModule(task="rotation", task_options={}, arch="tiny", preview_dir=str(tmp_path / "p"))
+    real = (out / "checkpoints" / "last.ckpt").stat().st_size
+    assert 0.9 * real < checkpoint_bytes(module) <= real  # the rest is Lightning's metadata
+    free = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free._replace(free=int(1.5 * real)))
+    assert warn_if_short_of_space(out, module)  # room for one checkpoint, not for the next save
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free._replace(free=3 * real))
+    assert not warn_if_short_of_space(out, module)
 
 
 def test_full_disk_in_an_atomic_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import signal
 import sys
 import threading
@@ -35,7 +36,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from selfsup_core.errors import CheckpointError, ConfigError, DivergenceError, RunInterrupted
+from selfsup_core.errors import CheckpointError, ConfigError, DivergenceError, OutputError, RunInterrupted
 from selfsup_core.ioutil import atomic_write, disk_error
 from selfsup_core.training.runs import new_run_dir, prepare_run_dir
 
@@ -115,6 +116,7 @@ class _StopRequest:
         self.resume_hint = resume_hint
         self.signum: int | None = None
         self.last_saved: str = "no checkpoint was saved yet"
+        self.saved_any = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
@@ -172,6 +174,7 @@ class RunCheckpoint(Callback):
         self._epoch_end = epoch_end
         trainer.save_checkpoint(self.path, weights_only=False)  # optimiser, schedule and loops too
         self._saved_step, self._saved_at = trainer.global_step, time.monotonic()
+        self.stop.saved_any = True
         self.stop.last_saved = (f"the last checkpoint is {self.path} "
                                 f"({self._epochs_completed(trainer)} epoch(s), step {trainer.global_step})")
 
@@ -455,6 +458,8 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
         DivergenceError: a non-finite loss or weights; the last good checkpoint is kept.
         OutputError: no space left on the device (or it turned read-only) while writing the run.
     """
+    if trainer.is_global_zero:
+        warn_if_short_of_space(run_dir, module)
     run_checkpoint = next((c for c in trainer.callbacks if isinstance(c, RunCheckpoint)), None)  # type: ignore[attr-defined]
     stop = run_checkpoint.stop if run_checkpoint is not None else _StopRequest(f"--resume --out {run_dir}")
     with stop.handling():
@@ -463,11 +468,49 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
         except SIGTERMException:  # Lightning's own SIGTERM stop (outside the steps this module handles)
             raise RunInterrupted(f"terminated by SIGTERM; {stop.last_saved}. Resume with: {stop.resume_hint}",
                                  128 + signal.SIGTERM) from None
+        except OutputError as exc:  # a checkpoint save met a full or read-only disk
+            raise _with_way_back(exc, stop) from exc
         except (OSError, RuntimeError) as exc:  # torch raises a RuntimeError over a failed write
             error = disk_error(exc, getattr(exc, "filename", None) or run_dir)
             if error is None:
                 raise
-            raise error from exc
+            raise _with_way_back(error, stop) from exc
+
+
+def _with_way_back(error: OutputError, stop: _StopRequest) -> OutputError:
+    """``error``, plus which checkpoint survived and the command that goes on from it."""
+    if stop.saved_any:
+        return OutputError(f"{error} Nothing earlier is lost: {stop.last_saved}; once there is room, go on "
+                           f"with: {stop.resume_hint}")
+    return error
+
+
+def checkpoint_bytes(module: torch.nn.Module) -> int:
+    """About how large a checkpoint of ``module`` is: its weights and buffers, plus AdamW's two
+    moments of each trainable weight (within a few per cent; the rest is metadata)."""
+    weights = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    moments = sum(2 * p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+    return weights + moments
+
+
+def warn_if_short_of_space(run_dir: Path, module: torch.nn.Module) -> bool:
+    """Warn, before training, when ``run_dir``'s disk cannot hold what the run will write.
+
+    A save holds the previous checkpoint and the new one at once (it is
+    atomic), so a disk without room for two stops the run at its second
+    checkpoint: better said now than after the first epoch.
+
+    Returns:
+        Whether it warned.
+    """
+    need = 2 * checkpoint_bytes(module)
+    free = shutil.disk_usage(run_dir).free
+    if free >= need:
+        return False
+    logger.warning("only %.1f MB free in %s: this model's checkpoint takes about %.1f MB and a save briefly "
+                   "holds two, so the run may stop with 'no space left on device'; free some space or choose "
+                   "another --out", free / 1e6, run_dir, need / 2e6)
+    return True
 
 
 def compile_model(module: pl.LightningModule) -> None:
