@@ -42,6 +42,8 @@ KNOWN_WARNINGS = (
     r".*does not have many workers.*",  # images are decoded once into memory: loader workers would only copy
     r".*Checkpoint directory .* exists and is not empty.*",  # --resume and --overwrite reuse it knowingly
     r".*The number of training batches .* is smaller than the logging interval.*",  # tiny runs
+    # A run stopped mid-epoch trains the rest of that epoch on a fresh shuffled pass, as documented.
+    r".*resuming from a checkpoint that ended before the epoch ended.*",
 )
 """Warning messages (regular expressions) a quiet job hides."""
 

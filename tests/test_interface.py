@@ -53,7 +53,10 @@ def test_baseline_like_a_run_trains_at_its_size_and_architecture(tmp_path: Path,
     assert mirrored["augment"] == [] and mirrored["like"] == str(tuned)
     assert json.loads((base / "results.json").read_text())["train_images"] == \
         json.loads((tuned / "results.json").read_text())["train_images"]
-    # The settings used, in one line, for each fine-tune.
+    # The settings used, in one line, for the pretraining and each fine-tune.
+    (pretrain_line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pretrain settings:")]
+    assert pretrain_line.startswith("pretrain settings: task rotation, arch tiny, image size 24 px, 1 epoch, "
+                                    "batch size ")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("finetune settings:")]
     assert len(lines) == 2
     assert lines[1].startswith(f"finetune settings: encoder none (mirroring {tuned}), arch tiny, image size 24 px, "

@@ -28,6 +28,7 @@ from selfsup_core.training.runs import (
     finish_checkpoint,
     record_run,
     resumed_config,
+    settings_line,
     write_json,
 )
 from selfsup_core.training.trainer import compile_model, fit, start_run
@@ -96,6 +97,7 @@ def pretrain(
     info = EncoderInfo.from_mapping({"arch": config.arch, "task": config.task, "image_size": config.image_size},
                                     source="pretrain")  # an image size no encoder file accepts fails now
 
+    logger.info(settings_line(config, "pretrain"))
     run = start_run(config, "pretrain", config.task, finished=WEIGHTS_NAME)  # this process's part of the run
     run_dir = run.dir
     pl.seed_everything(config.seed, workers=True, verbose=False)  # the same weights in every process
@@ -104,8 +106,8 @@ def pretrain(
         seed=config.seed, num_workers=config.num_workers, cache=config.cache,
         strict=config.strict, report_to=run_dir if run.primary else None,
     )
-    logger.info("pretraining %s on %s: %d train / %d val images",
-                config.task, split.source, len(split.train), len(split.val or ()))
+    logger.info("pretraining %s on %s: %d train / %d val images, into %s",
+                config.task, split.source, len(split.train), len(split.val or ()), run_dir)
     module = PretextModule(
         task=config.task, task_options=dict(config.task_options), arch=config.arch,
         preview_dir=str(run_dir / "previews"), lr=config.lr, weight_decay=config.weight_decay,

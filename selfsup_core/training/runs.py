@@ -269,19 +269,27 @@ def holds_out(config: Any) -> bool:
 
 
 def settings_line(config: Any, job: str) -> str:
-    """The settings a fine-tune or evaluation uses, in one line (the commands print it)."""
-    encoder = str(getattr(config, "encoder", "none"))
-    like = getattr(config, "like", None)
-    if like:
-        encoder += f" (mirroring {like})"
-    elif encoder == "none":
-        encoder += " (from scratch, stated defaults; --like RUN mirrors a run)"
-    parts = [f"encoder {encoder}", f"arch {config.arch}", f"image size {config.image_size} px"]
+    """The settings a pretraining, fine-tune or evaluation uses, in one line (the commands print it)."""
+    parts = []
+    if getattr(config, "task", None) is not None:  # pretraining
+        options = dict(getattr(config, "task_options", None) or {})
+        parts.append(f"task {config.task}" + (f" {options}" if options else ""))
+    else:
+        encoder = str(getattr(config, "encoder", "none"))
+        like = getattr(config, "like", None)
+        if like:
+            encoder += f" (mirroring {like})"
+        elif encoder == "none":
+            encoder += " (from scratch, stated defaults; --like RUN mirrors a run)"
+        parts.append(f"encoder {encoder}")
+    parts += [f"arch {config.arch}", f"image size {config.image_size} px"]
     if job != "evaluate knn" and job != "evaluate linear":
         epochs = config.max_epochs
         parts += [f"{epochs} epoch{'' if epochs == 1 else 's'}", f"batch size {config.batch_size}", f"lr {config.lr:g}",
                   f"weight decay {config.weight_decay:g}"]
-    parts += [f"label fraction {config.label_fraction:g}", f"seed {config.seed}"]
+    if getattr(config, "label_fraction", None) is not None:
+        parts.append(f"label fraction {config.label_fraction:g}")
+    parts.append(f"seed {config.seed}")
     if holds_out(config):
         parts.append(f"val fraction {config.val_fraction:g}")
     if getattr(config, "limit", None) is not None:

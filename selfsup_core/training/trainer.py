@@ -549,7 +549,8 @@ def resume_path(run_dir: Path, resume: bool, *, max_epochs: int | None = None,
     if max_epochs is not None and state.epochs_completed >= max_epochs and finished is not None \
             and finished.is_file():
         raise ConfigError(
-            f"{run_dir} is already complete: {state.epochs_completed} of {max_epochs} epochs trained "
-            f"and {finished.name} written. Give a larger --max-epochs to train it further.")
+            f"{run_dir} is already complete: {state.epochs_completed} epoch(s) trained (--max-epochs "
+            f"{max_epochs} asks for no more) and {finished.name} written. Give a --max-epochs above "
+            f"{state.epochs_completed} to train it further.")
     logger.info("resuming from %s: %d epoch(s), step %d", path, state.epochs_completed, state.global_step)
     return path
