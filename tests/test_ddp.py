@@ -307,6 +307,16 @@ def test_the_documented_torchrun_command_runs(ddp_env: dict[str, str], tmp_path:
     assert (run / "encoder.safetensors").is_file()
     assert json.loads((run / "results.json").read_text())["processes"] == 2
 
+    # The same line again: only rank 0 checks the folder, and every process fails with its refusal at
+    # once (before, rank 1 waited for rank 0 in the process group's start until torchrun killed it, 30 s on).
+    started = time.monotonic()
+    again = subprocess.run([*line.split(), *tiny], env={**ddp_env, "PET_MASTER_PORT": str(port)}, cwd=tmp_path,
+                           text=True, capture_output=True, timeout=300, check=False)
+    assert again.returncode == 1
+    assert again.stderr.count("rotation-2proc is not empty: pass --resume") == 2, again.stderr[-3000:]
+    assert time.monotonic() - started < 25, again.stderr[-3000:]
+    assert "SIGKILL" not in again.stderr
+
 
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["--num-nodes", "2", "--strategy", "ddp"], {}, "nothing started processes on the other machines"),

@@ -10,6 +10,7 @@ SIGINT and SIGTERM finish the current step, save, and raise
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import logging
 import math
@@ -36,6 +37,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from selfsup_core import errors
 from selfsup_core.errors import CheckpointError, ConfigError, DivergenceError, OutputError, RunInterrupted
 from selfsup_core.ioutil import atomic_write, disk_error
 from selfsup_core.training.runs import new_run_dir, prepare_run_dir
@@ -429,11 +431,62 @@ def start_run(config: Any, job: str, prefix: str, finished: str) -> Run:
     if trainer.world_size > 1 and not config.out:
         raise ConfigError(f"{trainer.world_size} processes (--devices {config.devices}, --num-nodes "
                           f"{config.num_nodes}) need --out DIR: every process must find the same run folder.")
-    if trainer.is_global_zero:
-        prepare_run_dir(run_dir, resume=config.resume, overwrite=config.overwrite)
+    with rank_zero_outcome(trainer, "run folder"):  # the others fail with rank 0's refusal, at once
+        if trainer.is_global_zero:
+            prepare_run_dir(run_dir, resume=config.resume, overwrite=config.overwrite)
     resume_from = resume_path(run_dir, config.resume, max_epochs=config.max_epochs,
                               finished=run_dir / finished)  # checked before any data is read
     return Run(run_dir, trainer, resume_from)
+
+
+@contextmanager
+def rank_zero_outcome(trainer: pl.Trainer, what: str) -> Iterator[None]:
+    """Every process that torchrun started leaves the block as rank 0 did: on, or with rank 0's error.
+
+    For a step that only rank 0 takes before training (checking the run
+    folder). Without it, when rank 0 refused (a non-empty ``--out``, say), the
+    others went on to the process group's start and waited there for it until
+    torchrun killed them. Rank 0 posts its outcome in torchrun's own key-value
+    store, which every process of a torchrun launch can reach; other launchers
+    (Lightning's own, which starts the other processes only after this step;
+    SLURM) are left as they are.
+
+    Args:
+        trainer: The run's trainer (its rank and process count).
+        what: Names the step in the key and in the others' error.
+    """
+    store = _launcher_store(trainer)
+    if store is None:
+        yield
+        return
+    key = f"selfsup/{what}"
+    if trainer.is_global_zero:
+        try:
+            yield
+        except BaseException as exc:
+            store.set(key, f"{type(exc).__name__}\n{exc}")
+            raise
+        store.set(key, "ok")
+        return
+    yield
+    outcome = store.get(key).decode()  # waits for rank 0
+    if outcome != "ok":
+        kind, message = outcome.split("\n", 1)
+        error = getattr(errors, kind, None)
+        if error in (errors.ConfigError, errors.OutputError):  # the refusals this step makes
+            raise error(message)
+        raise errors.SelfsupError(f"process 0 failed while checking the {what}: {kind}: {message}")
+
+
+def _launcher_store(trainer: pl.Trainer) -> Any:
+    """torchrun's key-value store for this launch attempt, or ``None`` outside torchrun or in one process."""
+    if trainer.world_size == 1 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from torch.distributed import PrefixStore, TCPStore
+
+    client = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                      timeout=datetime.timedelta(minutes=10))
+    return PrefixStore(f"selfsup/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
 
 
 def agreed(trainer: pl.Trainer, *flags: bool) -> list[bool]:
