@@ -362,3 +362,14 @@ def test_the_command_line_releases_its_process_group(tmp_path: Path) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_under_torchrun_the_resume_hint_is_the_torchrun_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfsup_core.training.trainer import resume_command
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert resume_command("pretrain", Path("runs/r")) == "selfsup pretrain --resume --out runs/r"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # as torchrun sets it in every process it starts
+    assert resume_command("finetune", Path("runs/r")) == (
+        "the same torchrun line with --resume added (torchrun ... -m selfsup_core.cli finetune --resume "
+        "--out runs/r ...)")

@@ -425,7 +425,7 @@ def start_run(config: Any, job: str, prefix: str, finished: str) -> Run:
     trainer = build_trainer(run_dir, max_epochs=config.max_epochs, devices=config.devices,
                             num_nodes=config.num_nodes, strategy=config.strategy,
                             precision=config.precision, progress=config.progress,
-                            resume_hint=f"selfsup {job} --resume --out {run_dir}",
+                            resume_hint=resume_command(job, run_dir),
                             checkpoint_every_steps=config.checkpoint_every_steps,
                             checkpoint_every_minutes=config.checkpoint_every_minutes)
     if trainer.world_size > 1 and not config.out:
@@ -437,6 +437,23 @@ def start_run(config: Any, job: str, prefix: str, finished: str) -> Run:
     resume_from = resume_path(run_dir, config.resume, max_epochs=config.max_epochs,
                               finished=run_dir / finished)  # checked before any data is read
     return Run(run_dir, trainer, resume_from)
+
+
+def resume_command(job: str, run_dir: Path) -> str:
+    """The command that resumes a run, as its messages print it.
+
+    Under torchrun, the same torchrun line with ``--resume``: a plain
+    ``selfsup`` command would go on in one process.
+
+    Example:
+        >>> resume_command("pretrain", Path("runs/rot"))  # doctest: +SKIP
+        'selfsup pretrain --resume --out runs/rot'
+    """
+    command = f"selfsup {job} --resume --out {run_dir}"
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun started this process and its siblings
+        return f"the same torchrun line with --resume added (torchrun ... -m selfsup_core.cli {job} --resume " \
+               f"--out {run_dir} ...)"
+    return command
 
 
 @contextmanager
