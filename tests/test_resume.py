@@ -308,7 +308,7 @@ def test_a_really_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes(
         err = capsys.readouterr().err
         assert err.strip().splitlines()[-1] == (
             f"selfsup: error: no space left on device while writing {checkpoint}: free some space or choose "
-            f"another --out. Nothing earlier is lost: the last checkpoint is {checkpoint} (1 epoch(s), step "
+            f"another --out. Nothing earlier is lost: the last checkpoint is {checkpoint} (1 epoch(s) completed, step "
             f"{STEPS_PER_EPOCH}); once there is room, go on with: selfsup pretrain --resume --out {run}"), err
         assert "Traceback" not in err
         assert f"MB free in {run}: this model's checkpoint takes about 0.3 MB" in caplog.text  # said up front
@@ -357,6 +357,7 @@ def test_unwritable_out_fails_before_any_data_is_read(tmp_path: Path, monkeypatc
     assert _pretrain(out, "--max-epochs", "1") == 1
     err = capsys.readouterr().err
     assert f"cannot write {out}: read-only file system" in err and "Traceback" not in err
+    assert not out.exists()  # the folder it made to probe is gone again
 
 
 def test_overwrite_never_leaves_the_earlier_runs_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

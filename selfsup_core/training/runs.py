@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import yaml
 
 from selfsup_core.config import read_yaml
-from selfsup_core.errors import ConfigError
+from selfsup_core.errors import ConfigError, OutputError
 from selfsup_core.ioutil import atomic_write_text, check_writable, remove_stale_temporaries
 from selfsup_core.options import Options
 
@@ -58,7 +58,13 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
             f"{path} is not empty: pass --resume to continue that run, --overwrite to "
             f"replace its results, or another --out."
         )
-    check_writable(path)  # before any decoding or training: a read-only or full disk fails now
+    existed = path.exists()
+    try:
+        check_writable(path)  # before any decoding or training: a read-only or full disk fails now
+    except OutputError:
+        if not existed and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # made just now: a refused run leaves no empty folder behind
+        raise
     if occupied:
         remove_stale_temporaries(path, path / "checkpoints")
     if occupied and overwrite and not resume:

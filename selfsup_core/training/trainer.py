@@ -178,7 +178,7 @@ class RunCheckpoint(Callback):
         self._saved_step, self._saved_at = trainer.global_step, time.monotonic()
         self.stop.saved_any = True
         self.stop.last_saved = (f"the last checkpoint is {self.path} "
-                                f"({self._epochs_completed(trainer)} epoch(s), step {trainer.global_step})")
+                                f"({self._epochs_completed(trainer)} epoch(s) completed, step {trainer.global_step})")
 
     def _epochs_completed(self, trainer: pl.Trainer) -> int:
         return trainer.current_epoch + (1 if self._epoch_end else 0)
@@ -216,7 +216,7 @@ class RunCheckpoint(Callback):
         assert self.stop.signum is not None
         name = signal.Signals(self.stop.signum).name
         return RunInterrupted(f"interrupted by {name}; checkpoint saved: {self.path} "
-                              f"({self._epochs_completed(trainer)} epoch(s), step {trainer.global_step}). "
+                              f"({self._epochs_completed(trainer)} epoch(s) completed, step {trainer.global_step}). "
                               f"Resume with: {self.stop.resume_hint}", 128 + self.stop.signum)
 
     # -- divergence -----------------------------------------------------------------------
@@ -622,5 +622,5 @@ def resume_path(run_dir: Path, resume: bool, *, max_epochs: int | None = None,
             f"{run_dir} is already complete: {state.epochs_completed} epoch(s) trained (--max-epochs "
             f"{max_epochs} asks for no more) and {finished.name} written. Give a --max-epochs above "
             f"{state.epochs_completed} to train it further.")
-    logger.info("resuming from %s: %d epoch(s), step %d", path, state.epochs_completed, state.global_step)
+    logger.info("resuming from %s: %d epoch(s) completed, step %d", path, state.epochs_completed, state.global_step)
     return path
