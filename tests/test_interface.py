@@ -273,3 +273,12 @@ def test_progress_bars_show_on_a_terminal_unless_told(terminal: bool, progress: 
     if progress is None and not terminal:  # a notebook renders them, though its stderr is no terminal
         monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
         assert build_trainer(tmp_path, max_epochs=1, progress=progress).progress_bar_callback is not None
+
+
+def test_without_a_progress_bar_each_epoch_logs_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="selfsup_core")
+    assert main(["pretrain", "--arch", "tiny", "--max-epochs", "2", *SMALL, "--out", str(tmp_path / "run")]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split(" (")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all(re.search(r"\(\d+\.\d s\): train/acc [\d.]+, train/loss [\d.]+, val/acc [\d.]+, val/loss", line)
+               for line in lines), lines

@@ -40,7 +40,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from selfsup_core import errors
 from selfsup_core.errors import CheckpointError, ConfigError, DivergenceError, OutputError, RunInterrupted
 from selfsup_core.ioutil import atomic_write, disk_error
-from selfsup_core.training.runs import new_run_dir, prepare_run_dir
+from selfsup_core.training.runs import final_metrics, new_run_dir, prepare_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +273,27 @@ def default_precision() -> str:
     return "32-true"
 
 
+class EpochLog(Callback):
+    """One INFO line per finished epoch where no progress bar shows (``--no-progress``, a log file):
+    the epoch, its seconds and its metrics, so a batch job's log shows how training goes.
+
+    Example line: ``epoch 2/15 (41.3 s): train/acc 0.412, train/loss 1.28, val/acc 0.455, val/loss 1.21``
+    """
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:  # the metrics are the run's; once is enough
+            return
+        metrics = ", ".join(f"{name} {value:.4g}" for name, value in final_metrics(trainer.callback_metrics).items())
+        logger.info("epoch %d/%s (%.1f s): %s", trainer.current_epoch + 1, trainer.max_epochs,
+                    time.perf_counter() - self._started, metrics or "no metrics logged")
+
+
 def interactive_output() -> bool:
     """Whether progress bars have a reader: stderr (where Lightning draws them) is a terminal, or a
     Jupyter kernel renders them."""
@@ -321,6 +342,9 @@ def build_trainer(
         callbacks.append(RunCheckpoint(
             run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume_hint or f"--resume --out {run_dir}",
             every_n_steps=checkpoint_every_steps, every_minutes=checkpoint_every_minutes))
+    show_progress = interactive_output() if progress is None else progress
+    if not show_progress:
+        callbacks.append(EpochLog())
     # Lightning's known warnings are silenced by the jobs (selfsup_core.quiet), not here.
     check_launch(devices, num_nodes)
     try:
@@ -336,7 +360,7 @@ def build_trainer(
             callbacks=callbacks,
             plugins=[AtomicCheckpointIO()],
             enable_checkpointing=False,  # RunCheckpoint writes the one checkpoint
-            enable_progress_bar=interactive_output() if progress is None else progress,
+            enable_progress_bar=show_progress,
             enable_model_summary=False,
             log_every_n_steps=10,
             num_sanity_val_steps=0 if not monitor_val else 1,
