@@ -175,12 +175,15 @@ class FinetuneConfig(RunConfig):
     like: str | None = option(
         None, help="mirror a run: take architecture and image size from its encoder.json, and from a "
                    "finetune run folder also epochs, batch size, lr, weight decay, label fraction, --augment, "
-                   "and the --seed, --val-fraction and --limit that pick the labelled images (settings given here win)",
+                   "--data, --val-data, and the --seed, --val-fraction and --limit that pick the labelled images "
+                   "(settings given here win, with a warning where they differ)",
         default_text="none: the stated defaults", metavar="RUN|FILE")
     arch: str | None = option(None, help="encoder architecture",
                               default_text="the encoder's, else --like's, else resnet18")
+    data: str | None = option(None, help=_help_of(RunConfig, "data"), default_text="--like's, else the built-in "
+                              "glyphs, no download", metavar="DIR")
     val_data: str | None = option(None, help="labelled validation folder",
-                                  default_text="--val-fraction of --data", metavar="DIR")
+                                  default_text="--like's, else --val-fraction of --data", metavar="DIR")
     val_fraction: float = _val_fraction_option()
     image_size: int | None = option(None, help=_help_of(RunConfig, "image_size"), check=_ONE,
                                     default_text="the encoder's, else --like's, else 32 for the built-in data; "
@@ -216,15 +219,16 @@ class EvaluateConfig(ParallelOptions):
     like: str | None = option(
         None, help="mirror a run (with --encoder none): architecture and image size from its encoder.json; "
                    "from a finetune run folder also epochs, batch size, label fraction (and for --protocol "
-                   "finetune its lr, weight decay and --augment) and the --seed, --val-fraction and --limit that "
-                   "pick the labelled images (settings given here win)",
+                   "finetune its lr, weight decay and --augment), --data, --val-data, and the --seed, "
+                   "--val-fraction and --limit that pick the labelled images (settings given here win, with a "
+                   "warning where they differ)",
         default_text="none: the stated defaults", metavar="RUN|FILE")
     arch: str | None = option(None, help="encoder architecture",
                               default_text="the encoder's, else --like's, else resnet18")
-    data: str | None = option(None, help="labelled train folder", default_text="the built-in glyphs",
+    data: str | None = option(None, help="labelled train folder", default_text="--like's, else the built-in glyphs",
                               metavar="DIR")
-    val_data: str | None = option(None, help="labelled validation folder", default_text="--val-fraction of --data",
-                                  metavar="DIR")
+    val_data: str | None = option(None, help="labelled validation folder",
+                                  default_text="--like's, else --val-fraction of --data", metavar="DIR")
     val_fraction: float = _val_fraction_option()
     label_fraction: float | None = option(None, help="seeded, class-balanced share of the train labels",
                                           check=within(1e-9, 1.0), default_text="--like's, else 1.0")

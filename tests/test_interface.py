@@ -282,3 +282,30 @@ def test_without_a_progress_bar_each_epoch_logs_one_line(tmp_path: Path, caplog:
     assert [line.split(" (")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
     assert all(re.search(r"\(\d+\.\d s\): train/acc [\d.]+, train/loss [\d.]+, val/acc [\d.]+, val/loss", line)
                for line in lines), lines
+
+
+def test_a_baseline_like_a_run_takes_its_folders_and_warns_when_given_others(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from conftest import write_image_folder
+
+    train = write_image_folder(tmp_path / "lab" / "train", per_class=8, size=32)
+    val = write_image_folder(tmp_path / "lab" / "val", per_class=4, size=32, seed=1)
+    other = write_image_folder(tmp_path / "other", per_class=8, size=32, seed=2)
+    tuned, base = tmp_path / "tuned", tmp_path / "base"
+    common = ["--arch", "tiny", "--image-size", "32", "--max-epochs", "1", "--batch-size", "8", "--no-progress"]
+    assert main(["finetune", "--encoder", "none", "--data", str(train), "--val-data", str(val), *common,
+                 "--out", str(tuned)]) == 0
+    # The baseline forgets --data and --val-data: it takes the run's, so it validates on the same images.
+    assert main(["finetune", "--encoder", "none", "--like", str(tuned), "--no-progress", "--out", str(base)]) == 0
+    assert (_config(base)["data"], _config(base)["val_data"]) == (str(train), str(val))
+    assert json.loads((base / "results.json").read_text())["val_images"] == \
+        json.loads((tuned / "results.json").read_text())["val_images"] == 12
+    # Another train folder is kept, and said; the same folder spelt another way is not.
+    caplog.set_level(logging.WARNING, logger="selfsup_core")
+    assert main(["finetune", "--encoder", "none", "--like", str(tuned), "--data", str(other), "--no-progress",
+                 "--out", str(tmp_path / "b2")]) == 0
+    assert f"--data {other} given: kept, although {tuned}/config.yaml has {train}" in caplog.text
+    caplog.clear()
+    assert main(["finetune", "--encoder", "none", "--like", str(tuned), "--data", f"{train}/../train/",
+                 "--no-progress", "--out", str(tmp_path / "b3")]) == 0
+    assert "given: kept" not in caplog.text

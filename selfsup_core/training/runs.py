@@ -186,10 +186,10 @@ def resumed_config(config: OptionsT, job: str) -> OptionsT:
 
 # -- mirroring a run (--like) ----------------------------------------------------------------
 
-# What --like copies from a finetune run's config.yaml: the network, its input, the recipe, and what picks
-# its labelled images (seed, held-out share, limit), so both rows train and validate on the same ones.
+# What --like copies from a finetune run's config.yaml: the network, its input, the recipe, its data, and what
+# picks its labelled images (seed, held-out share, limit), so both rows train and validate on the same ones.
 MIRRORED = ("arch", "image_size", "max_epochs", "batch_size", "lr", "weight_decay", "label_fraction", "augment",
-            "seed", "val_fraction", "limit")
+            "data", "val_data", "seed", "val_fraction", "limit")
 
 
 def mirrored_settings(like: str | Path) -> tuple[dict[str, Any], str]:
@@ -199,8 +199,8 @@ def mirrored_settings(like: str | Path) -> tuple[dict[str, Any], str]:
 
     * a ``finetune`` run folder (its ``config.yaml``): architecture, image size,
       the recipe (epochs, batch size, lr, weight decay, label fraction,
-      augmentations), and the seed, validation share and limit, which pick
-      the labelled images;
+      augmentations), its train and validation folders, and the seed,
+      validation share and limit, which pick the labelled images;
     * a ``pretrain`` run folder, ``encoder.safetensors`` or ``encoder.json``:
       architecture and image size (from ``encoder.json``; fine-tuning it uses
       the stated defaults, so a baseline that mirrors it does too).
@@ -251,9 +251,16 @@ def apply_like(config: OptionsT) -> OptionsT:
         current = getattr(config, name)
         if current is None or current == defaults[name]:
             updates[name] = value
-        elif current != value:
+        elif not _same_setting(name, current, value):
             logger.warning("--%s %s given: kept, although %s has %s", name.replace("_", "-"), current, source, value)
     return type(config).from_mapping({**config.to_dict(), **updates}, source=f"--like {like} ({source})")
+
+
+def _same_setting(name: str, given: Any, mirrored: Any) -> bool:
+    """Whether a given setting equals the mirrored run's; folders by where they lead, not how they are spelt."""
+    if name in ("data", "val_data"):
+        return Path(given).expanduser().resolve() == Path(mirrored).expanduser().resolve()
+    return bool(given == mirrored)
 
 
 def _declared_defaults(cls: type) -> dict[str, Any]:
