@@ -12,7 +12,7 @@ import torchvision
 
 from selfsup_core.errors import EncoderFileError
 from selfsup_core.models.encoders import build_encoder, list_encoders
-from selfsup_core.models.export import EncoderInfo, load_encoder, read_encoder_info, save_encoder
+from selfsup_core.models.export import EncoderInfo, _mismatch, load_encoder, read_encoder_info, save_encoder
 
 
 def test_resnet18_export_loads_by_hand_strict(tmp_path: Path) -> None:
@@ -45,8 +45,17 @@ def test_wrong_architecture_is_a_clear_error(tmp_path: Path) -> None:
     # A JSON that lies about the architecture: the weights do not fit.
     meta = json.loads((tmp_path / "encoder.json").read_text())
     (tmp_path / "encoder.json").write_text(json.dumps({**meta, "arch": "resnet18"}))
-    with pytest.raises(EncoderFileError, match="do not fit"):
+    with pytest.raises(EncoderFileError, match="do not fit") as caught:
         load_encoder(tmp_path)
+    message = str(caught.value)  # one line naming a few keys, not PyTorch's list of every key
+    assert "\n" not in message and len(message) < 600, message
+    assert "missing: conv1.weight, bn1.weight, bn1.bias, ... (" in message and "unexpected: " in message
+    # The same weights but one of another shape.
+    state = build_encoder("tiny").state_dict()
+    key = next(iter(state))
+    wrong = {**state, key: torch.zeros(1, *state[key].shape[1:])}
+    assert _mismatch(state, wrong) == f"of another shape: {key} {tuple(wrong[key].shape)} not {tuple(state[key].shape)}"
+    assert _mismatch(state, state) == ""
 
 
 def test_missing_or_malformed_files(tmp_path: Path) -> None:

@@ -163,12 +163,31 @@ def _open(path: str | os.PathLike[str], arch: str | None) -> tuple[nn.Module, En
     try:
         state = safetensors.torch.load_file(str(weights_path))
         _check_finite(state, weights_path, "refused")
+        mismatch = _mismatch(encoder.state_dict(), state)
+        if mismatch:
+            raise EncoderFileError(f"{weights_path}: weights do not fit architecture {info.arch!r} (as "
+                                   f"{META_NAME} beside them says): {mismatch}; are these the weights of "
+                                   f"another run?")
         encoder.load_state_dict(state, strict=True)
     except (OSError, RuntimeError, safetensors.SafetensorError) as exc:
         raise EncoderFileError(
-            f"{weights_path}: weights do not fit architecture {info.arch!r}: {exc}"
+            f"{weights_path}: weights do not fit architecture {info.arch!r}: {_short(exc)}"
         ) from exc
     return encoder, info
+
+
+def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """What keeps ``found`` from loading strictly where ``expected`` is wanted, in one line ("" if nothing)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [f"{k} {tuple(found[k].shape)} not {tuple(expected[k].shape)}"
+                for k in expected if k in found and found[k].shape != expected[k].shape]
+    parts = []
+    for what, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)):
+        if names:
+            more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+            parts.append(f"{what}: {', '.join(names[:shown])}{more}")
+    return "; ".join(parts)
 
 
 def _check_finite(state: dict[str, torch.Tensor], path: Path, action: str) -> None:
