@@ -12,6 +12,7 @@ training saved its checkpoint, with the command that resumes it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
@@ -109,7 +110,8 @@ BENCHMARKS: dict[str, Command] = {
 
 
 def _add_command(commands: Any, name: str, command: Command) -> None:
-    sub = commands.add_parser(name, help=command.help, description=command.help[0].upper() + command.help[1:] + ".")
+    sub = commands.add_parser(name, help=command.help, description=command.help[0].upper() + command.help[1:] + ".",
+                              allow_abbrev=False)
     sub.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
                      help="YAML file with any of these options as keys (underscores or dashes); "
                           "the command line wins over the file, the file over the defaults (default: none)")
@@ -119,13 +121,35 @@ def _add_command(commands: Any, name: str, command: Command) -> None:
     add_option_arguments(sub, command.config, exclude=(*command.exclude, "verbose"))
     if command.extra is not None:
         command.extra(sub)
-    sub.set_defaults(command_spec=command)
+    sub.set_defaults(command_spec=command, command_parser=sub)
+
+
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; an unknown flag is refused by its command's own parser, with the nearest flag.
+
+    argparse would refuse it at the top level, with ``selfsup``'s usage and
+    no hint, and would silently take ``--max-epoch`` for ``--max-epochs``:
+    abbreviations are off, so a typo is never read as another flag.
+
+    Raises:
+        SystemExit: 2, after the usage and the error (argparse's convention).
+    """
+    parser = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        refusing = getattr(args, "command_parser", parser)
+        known = [flag for action in refusing._actions for flag in action.option_strings]
+        nearest = [close[0] for flag in unknown if flag.startswith("--")
+                   for close in [difflib.get_close_matches(flag.split("=")[0], known, n=1, cutoff=0.75)] if close]
+        hint = f" (did you mean {'? '.join(nearest)}?)" if nearest else ""
+        refusing.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The argument parser of every command (imports neither torch nor Lightning)."""
     parser = argparse.ArgumentParser(
-        prog="selfsup", description="Self-supervised pretraining of image encoders.",
+        prog="selfsup", description="Self-supervised pretraining of image encoders.", allow_abbrev=False,
         epilog="selfsup tasks lists the installed pretext tasks; selfsup COMMAND --help, each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"selfsup {__version__}")
@@ -380,7 +404,7 @@ def _main(argv: Sequence[str] | None, host: PluginHost | None, use_plugin_host: 
     argv = list(sys.argv[1:] if argv is None else argv)
     resume = f"selfsup {argv[0]} --resume --out RUN" if argv and argv[0] in COMMANDS else "--resume --out RUN"
     try:
-        args = build_parser(argv).parse_args(argv)
+        args = parse_command_line(argv)
         _configure_logging(args.verbose)
         if args.command == "tasks" and args.options:
             return _print_task_options(args.options, host)

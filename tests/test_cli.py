@@ -118,6 +118,23 @@ def test_user_errors_are_one_clear_line(argv: list[str], message: str, capsys: p
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("argv", "usage", "error"), [
+    (["finetune", "--lable-fraction", "0.1", "--max-epoch", "2"], "usage: selfsup finetune ",
+     "selfsup finetune: error: unrecognized arguments: --lable-fraction 0.1 --max-epoch 2 "
+     "(did you mean --label-fraction? --max-epochs?)"),
+    (["bench", "eval", "--seed", "3"], "usage: selfsup bench eval ",
+     "selfsup bench eval: error: unrecognized arguments: --seed 3 (did you mean --seeds?)"),
+    (["pretrain", "--bogus"], "usage: selfsup pretrain ", "selfsup pretrain: error: unrecognized arguments: --bogus"),
+])
+def test_an_unknown_flag_is_refused_by_its_command_with_the_nearest(
+        argv: list[str], usage: str, error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse alone refused it with the top-level usage and no hint, and read --max-epoch as --max-epochs.
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith(usage) and err.strip().splitlines()[-1] == error
+
+
 def test_folder_without_images_and_corrupt_images(tmp_path: Path, image_folder: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
