@@ -101,6 +101,7 @@ def test_config_file_precedence(tmp_path: Path) -> None:
     ("argv", "message"),
     [
         (["pretrain", "--task", "rotaton"], "Did you mean 'rotation'"),
+        (["pretrain", "--task", "SimCLR"], "Did you mean 'simclr'"),
         (["pretrain", "--task-option", "colour=1"], "has no option 'colour'"),
         (["pretrain", "--data", "missing-folder"], "does not exist"),
         (["finetune", "--encoder", "nowhere/encoder.safetensors"], "not found"),

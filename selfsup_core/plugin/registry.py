@@ -155,9 +155,10 @@ class Registry(Generic[SpecT]):
     def _unknown_message(self, name: str) -> str:
         known = self.names()
         message = f"unknown {self.kind} {name!r}; installed: {', '.join(known) or 'none'}."
-        close = difflib.get_close_matches(name, known, n=1)
+        by_lower = {k.lower(): k for k in known}  # 'SimCLR' is 'simclr' mistyped, however close
+        close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
         if close:
-            message += f" Did you mean {close[0]!r}?"
+            message += f" Did you mean {by_lower[close[0]]!r}?"
         for failure in self.failures:
             message += f"\nnote: {failure.describe()}"
         return message
