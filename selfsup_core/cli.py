@@ -232,9 +232,12 @@ def next_steps(data: str | None, run_dir: Any, encoder_path: Any) -> list[str]:
                 f"  selfsup evaluate --protocol knn --encoder none --like {run}"]
     labelled = "--data LABELLED/train --val-data LABELLED/val"
     return ["next: fine-tune it on labelled images (one sub-folder per class), then the same network from "
-            "scratch with the same recipe:",
-            f"  selfsup finetune --encoder {encoder} {labelled} --label-fraction 0.1 --out {tuned}",
-            f"  selfsup finetune --encoder none --like {tuned} {labelled}"]
+            "scratch on the same images with the same recipe:",
+            f"  selfsup finetune --encoder {encoder} {labelled} --out {tuned}",
+            f"  selfsup finetune --encoder none --like {tuned}",
+            "quicker, kNN on frozen features, pretrained then random:",
+            f"  selfsup evaluate --protocol knn --encoder {encoder} {labelled}",
+            f"  selfsup evaluate --protocol knn --encoder none --like {run} {labelled}"]
 
 
 def run_finetune(config: settings.FinetuneConfig) -> int:

@@ -201,3 +201,25 @@ def test_compiled_run_exports_the_same_format(tmp_path: Path) -> None:
     from selfsup_core.models.export import load_encoder
 
     load_encoder(tmp_path / "run", arch="tiny")
+
+
+@pytest.mark.parametrize("data", ["folder", "built-in"])
+def test_the_next_steps_pretrain_prints_run_as_printed(tmp_path: Path, data: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+
+    from conftest import write_image_folder
+
+    labelled = tmp_path / "LABELLED"
+    write_image_folder(labelled / "train", per_class=8, size=32)
+    write_image_folder(labelled / "val", per_class=4, size=32, seed=1)
+    source = ["--data", str(write_image_folder(tmp_path / "unlabelled", size=32))] if data == "folder" else []
+    tiny = ["--image-size", "32", "--batch-size", "8", "--limit", "48", "--no-progress"]
+    assert main(["pretrain", "--arch", "tiny", "--max-epochs", "1", *source, *tiny,
+                 "--out", str(tmp_path / "rot")]) == 0
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  selfsup ")]
+    assert len(printed) == 4  # fine-tune and its baseline, kNN and its baseline
+    for line in printed:
+        argv = shlex.split(line.replace("LABELLED", str(labelled)))[1:]
+        extra = ["--max-epochs", "1", "--no-progress"] if argv[0] == "finetune" and "--like" not in argv else []
+        assert main([*argv, *extra]) == 0, line
