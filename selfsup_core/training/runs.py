@@ -369,6 +369,6 @@ def finish_checkpoint(run_dir: Path, keep: bool) -> str:
         path.unlink()
         if not any(path.parent.iterdir()):
             path.parent.rmdir()
-        note = f"checkpoint deleted (--no-keep-checkpoint): {path}"
+        note = f"checkpoint deleted (the run is complete and keeps none): {path}"
     logger.info(note)
     return note
