@@ -128,3 +128,9 @@ def test_every_hook_is_documented_in_code_and_guide() -> None:
     unmentioned = [h.__name__ for h in hooks if h.__name__ not in guide]
     assert not undocumented, f"hooks without a docstring: {undocumented}"
     assert not unmentioned, f"hooks docs/writing-a-plugin.md does not mention: {unmentioned}"
+
+
+def test_messages_count_in_the_singular_and_plural() -> None:
+    from selfsup_core.wording import counted
+
+    assert [counted(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]

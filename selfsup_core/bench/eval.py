@@ -75,6 +75,7 @@ from selfsup_core.evaluation.protocols import (
 from selfsup_core.models.encoders import check_image_size
 from selfsup_core.plugin.registry import create_task
 from selfsup_core.training.runs import new_run_dir, package_versions, write_json
+from selfsup_core.wording import counted
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         for protocol in ("knn", "linear", "finetune") + (("finetune_full",) if full else ()):
             cells += [_cell(r.get(protocol)), _gain(r.get(protocol))]
         lines.append("| " + " | ".join(cells) + " |")
-    epochs = f"{s['finetune_epochs']} epoch{'' if s['finetune_epochs'] == 1 else 's'}"
+    epochs = counted(s['finetune_epochs'], "epoch")
     notes = [
         "",
         f"Top-1 % on {s['val_images']} val images, final epoch; "

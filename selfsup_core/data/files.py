@@ -33,6 +33,7 @@ from PIL import Image, ImageOps, JpegImagePlugin
 from torch import Tensor
 
 from selfsup_core.errors import DataError
+from selfsup_core.wording import counted
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def scan_folder(root: str | os.PathLike[str], *, labelled: bool = False) -> Imag
     ignored = tuple(sorted(walk.ignored)[:MAX_NAMED])
     common = {"problems": problems, "ignored": ignored, "ignored_count": len(walk.ignored)}
     if walk.ignored:
-        logger.info("%d files under %s are not images and were ignored, e.g. %s", len(walk.ignored),
+        logger.info("%s under %s ignored: not images, e.g. %s", counted(len(walk.ignored), "file"),
                     root, ", ".join(_relative(p, root) for p in ignored[:3]))
     if not in_class_dirs:
         return ImageList(root, tuple(files), None, **common)
@@ -236,11 +237,11 @@ def describe_skipped(skipped: Iterable[Skipped], root: Path, total: int | None =
                      limit: int = MAX_NAMED, full_list: Path | None = None) -> str:
     """One line: how many files were skipped, the first ``limit`` by name and reason."""
     items = list(skipped)
-    of = f" of {total}" if total is not None else ""
     shown = "; ".join(f"{_relative(s.path, root)} ({s.reason})" for s in items[:limit])
     rest = f"; and {len(items) - limit} more" if len(items) > limit else ""
     where = f" (full list: {full_list})" if full_list is not None else ""
-    return f"{len(items)}{of} files under {root} skipped: {shown}{rest}{where}"
+    files = f"{len(items)} of {counted(total, 'file')}" if total is not None else counted(len(items), "file")
+    return f"{files} under {root} skipped: {shown}{rest}{where}"
 
 
 def _relative(path: Path, root: Path) -> str:

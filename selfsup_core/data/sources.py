@@ -16,6 +16,7 @@ from selfsup_core.data.files import ImageList, Skipped, check_strict, describe_s
 from selfsup_core.data.glyphs import builtin_split
 from selfsup_core.errors import DataError
 from selfsup_core.ioutil import atomic_write_text
+from selfsup_core.wording import counted
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def _reported(split: Split, report_to: str | Path | None) -> Split:
     if report_to is not None:
         path = write_skipped(split, report_to)
         if path is not None:
-            logger.warning("the %d files left out are listed in %s", len(split.skipped), path)
+            logger.warning("%s left out, listed in %s", counted(len(split.skipped), "file"), path)
     return split
 
 

@@ -18,6 +18,7 @@ from selfsup_core.config import read_yaml
 from selfsup_core.errors import ConfigError, OutputError
 from selfsup_core.ioutil import atomic_write_text, check_writable, remove_stale_temporaries
 from selfsup_core.options import Options
+from selfsup_core.wording import counted
 
 logger = logging.getLogger(__name__)
 OptionsT = TypeVar("OptionsT", bound=Options)
@@ -298,7 +299,7 @@ def settings_line(config: Any, job: str) -> str:
     parts += [f"arch {config.arch}", f"image size {config.image_size} px"]
     if job != "evaluate knn" and job != "evaluate linear":
         epochs = config.max_epochs
-        parts += [f"{epochs} epoch{'' if epochs == 1 else 's'}", f"batch size {config.batch_size}", f"lr {config.lr:g}",
+        parts += [counted(epochs, "epoch"), f"batch size {config.batch_size}", f"lr {config.lr:g}",
                   f"weight decay {config.weight_decay:g}"]
     if getattr(config, "label_fraction", None) is not None:
         parts.append(f"label fraction {config.label_fraction:g}")
