@@ -79,6 +79,9 @@ def test_default_out_is_a_new_folder_under_runs(tmp_path: Path) -> None:
     assert main(args) == 0 and main(args) == 0
     runs = sorted(Path("runs").iterdir())
     assert len(runs) == 2 and all(r.name.startswith("rotation-") for r in runs)
+    import yaml
+
+    assert [yaml.safe_load((r / "config.yaml").read_text())["out"] for r in runs] == [str(r) for r in runs]
 
 
 def test_config_file_precedence(tmp_path: Path) -> None:

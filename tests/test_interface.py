@@ -309,3 +309,14 @@ def test_a_baseline_like_a_run_takes_its_folders_and_warns_when_given_others(
     assert main(["finetune", "--encoder", "none", "--like", str(tuned), "--data", f"{train}/../train/",
                  "--no-progress", "--out", str(tmp_path / "b3")]) == 0
     assert "given: kept" not in caplog.text
+
+
+def test_fine_tuning_at_another_size_than_pretraining_is_said(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["pretrain", "--arch", "tiny", "--image-size", "24", "--max-epochs", "1", *SMALL,
+                 "--out", str(tmp_path / "pre")]) == 0
+    encoder = tmp_path / "pre" / "encoder.safetensors"
+    caplog.set_level(logging.WARNING, logger="selfsup_core")
+    assert main(["finetune", "--encoder", str(encoder), "--image-size", "32", "--max-epochs", "1", *SMALL,
+                 "--out", str(tmp_path / "ft")]) == 0
+    assert f"--image-size 32 given: kept, although {encoder} was pretrained at 24 px" in caplog.text

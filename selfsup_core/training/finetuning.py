@@ -166,4 +166,8 @@ def _with_encoder_settings(config: FinetuneConfig) -> FinetuneConfig:
     if config.encoder == "none":
         return config.replace(arch=config.arch or "resnet18")
     info = check_encoder(config.encoder, config.arch)  # weights and description, before any data is read
+    if config.image_size is not None and info.image_size is not None and config.image_size != info.image_size:
+        logger.warning("--image-size %d given: kept, although %s was pretrained at %d px (features learnt at "
+                       "one scale can transfer worse to another)", config.image_size, config.encoder,
+                       info.image_size)
     return config.replace(arch=info.arch, image_size=config.image_size or info.image_size)

@@ -91,7 +91,13 @@ def package_versions() -> dict[str, str]:
 
 
 def record_run(folder: Path, config: dict[str, Any]) -> None:
-    """Write the resolved configuration (YAML) and package versions (JSON) into ``folder``."""
+    """Write the resolved configuration (YAML) and package versions (JSON) into ``folder``.
+
+    ``out`` is recorded as ``folder``: without ``--out`` it was unset, and the
+    folder a default name gave is the one a reader wants.
+    """
+    if "out" in config:
+        config = {**config, "out": str(folder)}
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     atomic_write_text(folder / "versions.json", json.dumps(package_versions(), indent=2) + "\n")
 
