@@ -126,7 +126,8 @@ def test_a_stage_is_read_by_the_frozen_protocols_and_recorded(folders: tuple[str
 
 
 def test_cli_prints_json_and_appends_results(folders: tuple[str, str], tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+                                             capsys: pytest.CaptureFixture[str],
+                                             caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "ev"
     base = ["evaluate", "--encoder", "none", "--arch", "tiny", "--data", folders[0], "--val-data", folders[1],
             "--image-size", "32", "--out", str(out)]
@@ -136,9 +137,13 @@ def test_cli_prints_json_and_appends_results(folders: tuple[str, str], tmp_path:
     assert printed["protocol"] == "finetune" and printed["train_images"] == 12 and printed["epochs"] == 1
     assert printed["top1"] == printed["history"][-1] and printed["label_fraction"] == 0.5
     assert printed["seconds"] > 0 and printed["image_size"] == 32
-    assert main([*base, "--protocol", "knn"]) == 0
+    with caplog.at_level(logging.WARNING, logger="selfsup_core"):
+        assert main([*base, "--protocol", "knn"]) == 0
+    # 8 train images a class against the standard k = 20: said, since the score is coarse.
+    assert "kNN with k = 20 on a bank of 24 images, 8 in its smallest class" in caplog.text
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [line["protocol"] for line in lines] == ["finetune", "knn"]
+    assert all(line["val_data"] == folders[1] for line in lines)  # which images were scored
 
 
 def test_pretrained_encoder_records_its_task(folders: tuple[str, str], tmp_path: Path) -> None:

@@ -211,6 +211,11 @@ def frozen_protocols(
     for protocol in protocols:
         begun = time.perf_counter()
         if protocol == "knn":
+            fewest = int(torch.bincount(labelled.labels).min())
+            if k > fewest:  # the standard k = 20 assumes a bank of many images per class
+                logger.warning("kNN with k = %d on a bank of %d images, %d in its smallest class: every vote "
+                               "counts other classes' images, so the score is coarse at this size",
+                               k, len(bank), fewest)
             predicted = knn_predict(bank, labelled.labels, queries, num_classes, k=k, temperature=temperature)
             details: dict[str, Any] = {"k": min(k, len(bank)), "temperature": temperature,
                                        "bank_size": len(bank)}
@@ -307,6 +312,8 @@ def evaluate(
         result.details["limit"] = limit
     if holds_out(config):
         result.details["val_fraction"] = config.val_fraction
+    if config.val_data is not None:
+        result.details["val_data"] = str(config.val_data)
     if config.like:
         result.details["like"] = str(config.like)
     result.seconds = time.perf_counter() - started
