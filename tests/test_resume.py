@@ -396,3 +396,17 @@ def test_the_docs_list_what_a_resumed_run_may_change() -> None:
     paragraph = docs[start:docs.index("\n- ", start + 1)]
     listed = paragraph[paragraph.index(" only "):paragraph.index(" may\n")]
     assert set(re.findall(r"`--([a-z-]+)`", listed)) == {n.replace("_", "-") for n in RESUME_MAY_CHANGE}
+
+
+@pytest.mark.parametrize("job", ["pretrain", "finetune"])
+def test_a_seeded_run_is_the_same_whether_it_decoded_its_images_or_found_them_cached(
+        tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch, job: str) -> None:
+    # Decoding drew random numbers that a cache hit does not: the same command trained other weights, and a
+    # baseline --like a fine-tune (one decoded, the other a cache hit) started from another random state.
+    monkeypatch.setenv("SELFSUP_CPU_THREADS", "1")  # the same arithmetic in both runs
+    command = [job, "--arch", "tiny", "--image-size", "32", "--batch-size", "6", "--max-epochs", "2",
+               "--no-progress", "--data", str(image_folder), "--val-fraction", "0.25"]
+    assert main([*command, "--out", str(tmp_path / "cold")]) == 0  # decodes and builds the cache
+    assert main([*command, "--out", str(tmp_path / "warm")]) == 0  # finds it
+    metrics = [(tmp_path / run / "logs" / "version_0" / "metrics.csv").read_text() for run in ("cold", "warm")]
+    assert metrics[0] == metrics[1]

@@ -117,7 +117,6 @@ def finetune(
 
     run = start_run(config, "finetune", "finetune", finished="results.json")  # this process's part of the run
     run_dir = run.dir
-    pl.seed_everything(config.seed, workers=True, verbose=False)  # the same weights in every process
     split = load_split(
         config.data, config.image_size, val_data=config.val_data, val_fraction=config.val_fraction,
         limit=config.limit, labelled=True, seed=config.seed, num_workers=config.num_workers,
@@ -129,6 +128,9 @@ def finetune(
     logger.info("fine-tuning %s on %d labelled images (%d classes), validating on %d",
                 "a randomly initialised encoder" if config.encoder == "none" else config.encoder,
                 len(train), len(train.classes), len(split.val))
+    # Seeded once the data is read: decoding draws random numbers that a cache hit does not, and the
+    # weights must not depend on the cache. The same seed gives the same weights in every process.
+    pl.seed_everything(config.seed, workers=True, verbose=False)
     module = ClassifierModule(
         num_classes=len(train.classes), arch=config.arch,
         encoder_path=None if config.encoder == "none" else config.encoder,

@@ -100,7 +100,6 @@ def pretrain(
     logger.info(settings_line(config, "pretrain"))
     run = start_run(config, "pretrain", config.task, finished=WEIGHTS_NAME)  # this process's part of the run
     run_dir = run.dir
-    pl.seed_everything(config.seed, workers=True, verbose=False)  # the same weights in every process
     split = load_split(
         config.data, config.image_size, val_fraction=config.val_fraction, limit=config.limit,
         seed=config.seed, num_workers=config.num_workers, cache=config.cache,
@@ -108,6 +107,9 @@ def pretrain(
     )
     logger.info("pretraining %s on %s: %d train / %d val images, into %s",
                 config.task, split.source, len(split.train), len(split.val or ()), run_dir)
+    # Seeded once the data is read: decoding draws random numbers that a cache hit does not, and the
+    # weights must not depend on the cache. The same seed gives the same weights in every process.
+    pl.seed_everything(config.seed, workers=True, verbose=False)
     module = PretextModule(
         task=config.task, task_options=dict(config.task_options), arch=config.arch,
         preview_dir=str(run_dir / "previews"), lr=config.lr, weight_decay=config.weight_decay,
