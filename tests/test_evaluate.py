@@ -140,7 +140,7 @@ def test_cli_prints_json_and_appends_results(folders: tuple[str, str], tmp_path:
     with caplog.at_level(logging.WARNING, logger="selfsup_core"):
         assert main([*base, "--protocol", "knn"]) == 0
     # 8 train images a class against the standard k = 20: said, since the score is coarse.
-    assert "kNN with k = 20 on a bank of 24 images, 8 in its smallest class" in caplog.text
+    assert "kNN votes over k = 20 neighbours in a bank of 24 images, 8 in its smallest class" in caplog.text
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [line["protocol"] for line in lines] == ["finetune", "knn"]
     assert all(line["val_data"] == folders[1] for line in lines)  # which images were scored

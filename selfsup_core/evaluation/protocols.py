@@ -211,11 +211,11 @@ def frozen_protocols(
     for protocol in protocols:
         begun = time.perf_counter()
         if protocol == "knn":
-            fewest = int(torch.bincount(labelled.labels).min())
-            if k > fewest:  # the standard k = 20 assumes a bank of many images per class
-                logger.warning("kNN with k = %d on a bank of %d images, %d in its smallest class: every vote "
-                               "counts other classes' images, so the score is coarse at this size",
-                               k, len(bank), fewest)
+            fewest, votes = int(torch.bincount(labelled.labels).min()), min(k, len(bank))
+            if votes > fewest:  # the standard k = 20 assumes a bank of many images per class
+                logger.warning("kNN votes over k = %d neighbours in a bank of %d images, %d in its smallest "
+                               "class: every vote counts other classes' images, so the score is coarse at this "
+                               "size", votes, len(bank), fewest)
             predicted = knn_predict(bank, labelled.labels, queries, num_classes, k=k, temperature=temperature)
             details: dict[str, Any] = {"k": min(k, len(bank)), "temperature": temperature,
                                        "bank_size": len(bank)}
