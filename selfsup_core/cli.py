@@ -222,22 +222,22 @@ def next_steps(data: str | None, run_dir: Any, encoder_path: Any) -> list[str]:
     from shlex import quote
 
     run, encoder = quote(str(run_dir)), quote(str(encoder_path))
-    tuned = quote(f"{run_dir}-finetune")
+    tuned, knn = quote(f"{run_dir}-finetune"), quote(f"{run_dir}-knn")  # both kNN lines in one results.jsonl
     if data is None:  # the built-in glyphs carry labels: both commands run as printed
         return ["next: fine-tune it on the glyph labels, then the same network from scratch with the same recipe:",
                 f"  selfsup finetune --encoder {encoder} --out {tuned}",
                 f"  selfsup finetune --encoder none --like {tuned}",
                 "quicker, kNN on frozen features, pretrained then random:",
-                f"  selfsup evaluate --protocol knn --encoder {encoder}",
-                f"  selfsup evaluate --protocol knn --encoder none --like {run}"]
+                f"  selfsup evaluate --protocol knn --encoder {encoder} --out {knn}",
+                f"  selfsup evaluate --protocol knn --encoder none --like {run} --out {knn}"]
     labelled = "--data LABELLED/train --val-data LABELLED/val"
     return ["next: fine-tune it on labelled images (one sub-folder per class), then the same network from "
             "scratch on the same images with the same recipe:",
             f"  selfsup finetune --encoder {encoder} {labelled} --out {tuned}",
             f"  selfsup finetune --encoder none --like {tuned}",
             "quicker, kNN on frozen features, pretrained then random:",
-            f"  selfsup evaluate --protocol knn --encoder {encoder} {labelled}",
-            f"  selfsup evaluate --protocol knn --encoder none --like {run} {labelled}"]
+            f"  selfsup evaluate --protocol knn --encoder {encoder} {labelled} --out {knn}",
+            f"  selfsup evaluate --protocol knn --encoder none --like {run} {labelled} --out {knn}"]
 
 
 def run_finetune(config: settings.FinetuneConfig) -> int:

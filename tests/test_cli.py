@@ -226,3 +226,5 @@ def test_the_next_steps_pretrain_prints_run_as_printed(tmp_path: Path, data: str
         argv = shlex.split(line.replace("LABELLED", str(labelled)))[1:]
         extra = ["--max-epochs", "1", "--no-progress"] if argv[0] == "finetune" and "--like" not in argv else []
         assert main([*argv, *extra]) == 0, line
+    knn = (tmp_path / "rot-knn" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["encoder"] for line in knn] == [str(tmp_path / "rot" / "encoder.safetensors"), "none"]
