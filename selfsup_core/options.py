@@ -131,20 +131,45 @@ class Options:
             raise error(f"{source} has no option {', '.join(map(repr, unknown))}; "
                         f"it accepts: {', '.join(known) or 'no options'}.{hint}")
         try:
-            return cls(**cleaned)
+            return cls(**cleaned)._with_given(frozenset(cleaned))
         except ValueError as exc:
             raise error(f"{source}: {exc}") from None
 
+    @property
+    def given(self) -> frozenset[str]:
+        """The options set on purpose: the keys of the mapping it was built from (:meth:`from_mapping`,
+        :meth:`updated`), or for an object built directly, those that differ from their defaults.
+
+        ``--resume`` and ``--like`` take the run's value of every option not given,
+        so an option given at its default value still counts.
+
+        Example:
+            >>> BlurOptions.from_mapping({"p": 0.5}, source="blur").given
+            frozenset({'p'})
+        """
+        explicit: frozenset[str] | None = self.__dict__.get("_given")
+        if explicit is not None:
+            return explicit
+        defaults = {f.name: f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
+                    for f in dataclasses.fields(self) if f.default is not _MISSING or f.default_factory is not _MISSING}
+        return frozenset(name for name, default in defaults.items() if getattr(self, name) != default)
+
+    def _with_given(self: OptionsT, names: frozenset[str]) -> OptionsT:
+        object.__setattr__(self, "_given", names)  # not a field: not compared, printed or saved
+        return self
+
     def replace(self: OptionsT, **changes: Any) -> OptionsT:
-        """A copy with ``changes`` applied (and checked)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (and checked); what counts as :attr:`given` is unchanged."""
+        return dataclasses.replace(self, **changes)._with_given(self.given)
 
     def updated(self: OptionsT, values: Mapping[str, Any], *, source: str) -> OptionsT:
-        """A copy with ``values`` applied, checked as :meth:`from_mapping` checks them."""
+        """A copy with ``values`` applied, checked as :meth:`from_mapping` checks them; their keys
+        join :attr:`given`."""
         current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         cleaned = {str(k).replace("-", "_"): v for k, v in values.items()} if isinstance(values, Mapping) else values
-        return type(self).from_mapping({**current, **cleaned} if isinstance(cleaned, dict) else cleaned,
-                                       source=source)
+        new = type(self).from_mapping({**current, **cleaned} if isinstance(cleaned, dict) else cleaned,
+                                      source=source)
+        return new._with_given(self.given | frozenset(cleaned))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON values: tuples become lists."""

@@ -141,3 +141,13 @@ def test_precision_as_lightning_writes_it() -> None:
     assert settings.PretrainConfig(precision=32).precision == "32"
     assert settings.PretrainConfig(precision="bf16-mixed").precision == "bf16-mixed"
     assert settings.PretrainConfig(devices="2").devices == 2
+
+
+def test_given_names_what_was_set_on_purpose() -> None:
+    from selfsup_core.config import PretrainConfig
+
+    built = PretrainConfig.from_mapping({"lr": 0.001, "arch": "tiny"}, source="test")  # 0.001 is the default
+    assert built.given == {"lr", "arch"}
+    assert built.updated({"seed": 0}, source="test").given == {"lr", "arch", "seed"}
+    assert built.replace(seed=3).given == {"lr", "arch"}  # a resolved value is not a given one
+    assert PretrainConfig(arch="tiny").given == {"arch"}  # built directly: what differs from the defaults

@@ -112,8 +112,8 @@ def test_pretrain_ends_with_the_commands_to_run_next(tmp_path: Path, capsys: pyt
     commands = [line.strip() for line in out.splitlines() if line.startswith("  selfsup ")]
     assert commands == [f"selfsup finetune --encoder {run}/encoder.safetensors --out {run}-finetune",
                         f"selfsup finetune --encoder none --like {run}-finetune",
-                        f"selfsup evaluate --protocol knn --encoder {run}/encoder.safetensors",
-                        f"selfsup evaluate --protocol knn --encoder none --like {run}"]
+                        f"selfsup evaluate --protocol knn --encoder {run}/encoder.safetensors --out {run}-knn",
+                        f"selfsup evaluate --protocol knn --encoder none --like {run} --out {run}-knn"]
     for command in commands:  # they parse as printed
         build_parser().parse_args(command.split()[1:])
 
@@ -320,3 +320,16 @@ def test_fine_tuning_at_another_size_than_pretraining_is_said(tmp_path: Path,
     assert main(["finetune", "--encoder", str(encoder), "--image-size", "32", "--max-epochs", "1", *SMALL,
                  "--out", str(tmp_path / "ft")]) == 0
     assert f"--image-size 32 given: kept, although {encoder} was pretrained at 24 px" in caplog.text
+
+
+def test_a_baseline_keeps_a_setting_given_at_its_default_value(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    tuned = tmp_path / "tuned"
+    assert main(["finetune", "--encoder", "none", "--arch", "tiny", "--image-size", "24", "--lr", "0.002",
+                 "--max-epochs", "1", *SMALL, "--out", str(tuned)]) == 0
+    caplog.set_level(logging.WARNING, logger="selfsup_core")
+    # 0.001 is the default lr: given on purpose, it wins over the mirrored 0.002, and is said.
+    assert main(["finetune", "--encoder", "none", "--like", str(tuned), "--lr", "0.001", "--no-progress",
+                 "--out", str(tmp_path / "base")]) == 0
+    assert _config(tmp_path / "base")["lr"] == 0.001 and _config(tmp_path / "base")["image_size"] == 24
+    assert f"--lr 0.001 given: kept, although {tuned}/config.yaml has 0.002" in caplog.text

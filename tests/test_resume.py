@@ -410,3 +410,15 @@ def test_a_seeded_run_is_the_same_whether_it_decoded_its_images_or_found_them_ca
     assert main([*command, "--out", str(tmp_path / "warm")]) == 0  # finds it
     metrics = [(tmp_path / run / "logs" / "version_0" / "metrics.csv").read_text() for run in ("cold", "warm")]
     assert metrics[0] == metrics[1]
+
+
+def test_an_option_given_at_its_default_value_still_counts_on_resume(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert _pretrain(out, "--max-epochs", "1") == 0  # arch tiny, lr 0.001
+    capsys.readouterr()
+    # resnet18 is the default architecture: it was silently ignored, and the run went on as tiny.
+    assert _resume(out, "--max-epochs", "2", "--arch", "resnet18") == 1
+    assert "refused: --arch 'resnet18' (the run has 'tiny')" in capsys.readouterr().err
+    # The run's own value, given again, is no conflict.
+    assert _resume(out, "--max-epochs", "2", "--arch", "tiny", "--lr", "0.001") == 0

@@ -147,7 +147,8 @@ _RUN_CONTROL = frozenset({"out", "resume", "overwrite"})
 def resumed_config(config: OptionsT, job: str) -> OptionsT:
     """The configuration a ``--resume`` continues with: the run's own ``config.yaml``.
 
-    An option counts as given when it differs from its default. Given options
+    An option counts as given when it was set (:attr:`~selfsup_core.options.Options.given`:
+    on the command line, in ``--config``, or as a keyword), even at its default value. Given options
     in :data:`RESUME_MAY_CHANGE` replace the saved values (``--max-epochs 30``
     extends a run); any other given option that differs from the saved one is
     refused by name, since continuing with other data or settings would
@@ -168,11 +169,10 @@ def resumed_config(config: OptionsT, job: str) -> OptionsT:
         raise ConfigError(f"--resume: {out} holds a {saved['job']} run, not a {job} run.")
     names = [f.name for f in dataclasses.fields(config)]
     values = {k: v for k, v in saved.items() if k in names}
-    defaults = type(config)()
     conflicts = []
     for name in names:
         given = getattr(config, name)
-        if name in _RUN_CONTROL or given == getattr(defaults, name):
+        if name in _RUN_CONTROL or name not in config.given:
             continue  # not given: the run's own value
         if name in RESUME_MAY_CHANGE or name not in values:
             values[name] = given
@@ -240,23 +240,23 @@ def mirrored_settings(like: str | Path) -> tuple[dict[str, Any], str]:
 
 
 def apply_like(config: OptionsT) -> OptionsT:
-    """``config`` with the settings it leaves at their defaults taken from ``config.like``, if any.
+    """``config`` with the settings it was not given (:attr:`~selfsup_core.options.Options.given`)
+    taken from ``config.like``, if any.
 
-    As for ``--resume``, a setting counts as given when it differs from its
-    default. Settings given win; where one differs from the mirrored run, a
-    warning says so.
+    Settings given win, even at their default value; where one differs from
+    the mirrored run, a warning says so.
     """
     like = getattr(config, "like", None)
     if not like:
         return config
     values, source = mirrored_settings(like)
-    defaults = _declared_defaults(type(config))
+    names = {f.name for f in dataclasses.fields(config)}
     updates = {}
     for name, value in values.items():
-        if name not in defaults:
+        if name not in names:
             continue
         current = getattr(config, name)
-        if current is None or current == defaults[name]:
+        if current is None or name not in config.given:
             updates[name] = value
         elif not _same_setting(name, current, value):
             logger.warning("--%s %s given: kept, although %s has %s", name.replace("_", "-"), current, source, value)
@@ -268,17 +268,6 @@ def _same_setting(name: str, given: Any, mirrored: Any) -> bool:
     if name in ("data", "val_data"):
         return Path(given).expanduser().resolve() == Path(mirrored).expanduser().resolve()
     return bool(given == mirrored)
-
-
-def _declared_defaults(cls: type) -> dict[str, Any]:
-    """Each field's declared default (``default_factory`` called), without building ``cls``."""
-    defaults = {}
-    for field in dataclasses.fields(cls):
-        if field.default is not dataclasses.MISSING:
-            defaults[field.name] = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            defaults[field.name] = field.default_factory()
-    return defaults
 
 
 def holds_out(config: Any) -> bool:
