@@ -150,9 +150,8 @@ class Options:
         explicit: frozenset[str] | None = self.__dict__.get("_given")
         if explicit is not None:
             return explicit
-        defaults = {f.name: f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
-                    for f in dataclasses.fields(self) if f.default is not _MISSING or f.default_factory is not _MISSING}
-        return frozenset(name for name, default in defaults.items() if getattr(self, name) != default)
+        return frozenset(field.name for field in dataclasses.fields(self)
+                         if getattr(self, field.name) != _declared_default(field))
 
     def _with_given(self: OptionsT, names: frozenset[str]) -> OptionsT:
         object.__setattr__(self, "_given", names)  # not a field: not compared, printed or saved
@@ -181,17 +180,21 @@ class Options:
         hints = _type_hints(cls)
         infos = []
         for field in dataclasses.fields(cls):
-            if field.default is not _MISSING:
-                default: Any = field.default
-            elif field.default_factory is not _MISSING:
-                default = field.default_factory()
-            else:
-                default = _MISSING
+            default = _declared_default(field)
             text = field.metadata.get("default_text") or ("required" if default is _MISSING
                                                            else _value_text(default))
             infos.append(OptionInfo(field.name, type_text(hints[field.name]), text,
                                     field.metadata.get("help", "")))
         return infos
+
+
+def _declared_default(field: dataclasses.Field[Any]) -> Any:
+    """A field's declared default (``default_factory`` called), or ``_MISSING`` for a required one."""
+    if field.default is not _MISSING:
+        return field.default
+    if field.default_factory is not _MISSING:
+        return field.default_factory()
+    return _MISSING
 
 
 # -- types -----------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def frozen_protocols(
                                "class: every vote counts other classes' images, so the score is coarse at this "
                                "size", votes, len(bank), fewest)
             predicted = knn_predict(bank, labelled.labels, queries, num_classes, k=k, temperature=temperature)
-            details: dict[str, Any] = {"k": min(k, len(bank)), "temperature": temperature,
+            details: dict[str, Any] = {"k": votes, "temperature": temperature,
                                        "bank_size": len(bank)}
         else:
             probe = train_linear_probe(bank, labelled.labels, num_classes, steps=probe_steps, seed=seed)

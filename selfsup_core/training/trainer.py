@@ -37,8 +37,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from selfsup_core import errors
-from selfsup_core.errors import CheckpointError, ConfigError, DivergenceError, OutputError, RunInterrupted
+from selfsup_core.errors import CheckpointError, ConfigError, DivergenceError, OutputError, RunInterrupted, SelfsupError
 from selfsup_core.ioutil import atomic_write, disk_error
 from selfsup_core.training.runs import final_metrics, new_run_dir, prepare_run_dir
 
@@ -513,10 +512,10 @@ def rank_zero_outcome(trainer: pl.Trainer, what: str) -> Iterator[None]:
     outcome = store.get(key).decode()  # waits for rank 0
     if outcome != "ok":
         kind, message = outcome.split("\n", 1)
-        error = getattr(errors, kind, None)
-        if error in (errors.ConfigError, errors.OutputError):  # the refusals this step makes
-            raise error(message)
-        raise errors.SelfsupError(f"process 0 failed while checking the {what}: {kind}: {message}")
+        refusal = {"ConfigError": ConfigError, "OutputError": OutputError}.get(kind)  # what this step refuses with
+        if refusal is not None:
+            raise refusal(message)
+        raise SelfsupError(f"process 0 failed while checking the {what}: {kind}: {message}")
 
 
 def _launcher_store(trainer: pl.Trainer) -> Any:
